@@ -1,0 +1,2 @@
+"""The HTTP layer: routing, validation, auth, SSE responses, error mapping. Nothing imports it
+but the entry points."""

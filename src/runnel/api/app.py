@@ -1,0 +1,70 @@
+"""``create_app(settings)``: builds the services once, owns their lifetimes, mounts routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from runnel import __version__
+from runnel.api import conversations, errors, streams, system
+from runnel.api.auth import Authenticator
+from runnel.api.deps import Services
+from runnel.api.middleware import RequestIdMiddleware
+from runnel.broker import MemoryBroker
+from runnel.chat import ChatService
+from runnel.generation import GenerationService
+from runnel.providers.registry import Registry
+from runnel.settings import Settings
+from runnel.store.sql import Store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    if settings.redis_url:
+        raise ValueError("RUNNEL_REDIS_URL is not supported by this version yet; unset it")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = Store(settings.database)
+        await store.open()
+        recovered = await store.interrupt_all_streaming()
+        if recovered:
+            log.warning("marked %d unfinished replies as interrupted", recovered)
+        broker = MemoryBroker(settings.stream_retention)
+        registry = Registry.from_settings(settings)
+        generations = GenerationService(settings, store, broker)
+        chat = ChatService(settings, store, broker, generations, registry)
+        app.state.runnel = Services(
+            settings, store, broker, registry, generations, chat, Authenticator(settings.tokens)
+        )
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                await generations.run(tasks)
+                try:
+                    yield
+                finally:
+                    await generations.shutdown(settings.shutdown_grace)
+        finally:
+            await registry.aclose()
+            await broker.aclose()
+            await store.close()
+
+    app = FastAPI(
+        title="Runnel",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    errors.install(app)
+    app.include_router(streams.router)
+    app.include_router(conversations.router)
+    app.include_router(system.router)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,104 @@
+"""``/api/v1/conversations``: conversations, their messages, their active stream."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from runnel.api.deps import ServicesDep, UserDep
+from runnel.api.replies import event_stream, finished_reply, last_event_id, wants_stream
+from runnel.api.schemas import (
+    ConversationChanges,
+    NewConversation,
+    Regenerate,
+    UserMessage,
+    conversation_json,
+)
+from runnel.generation import Generation
+
+router = APIRouter(prefix="/api/v1/conversations")
+
+
+@router.post("", status_code=201)
+async def create(body: NewConversation, services: ServicesDep, user: UserDep) -> dict[str, Any]:
+    conversation = await services.chat.create_conversation(
+        user, body.title, body.model, body.system_prompt
+    )
+    return conversation_json(conversation, [])
+
+
+@router.get("")
+async def list_(
+    services: ServicesDep,
+    user: UserDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    items, next_cursor = await services.chat.list_conversations(user, limit, cursor)
+    return {"data": [conversation_json(c) for c in items], "nextCursor": next_cursor}
+
+
+@router.get("/{conversation_id}")
+async def get(conversation_id: str, services: ServicesDep, user: UserDep) -> dict[str, Any]:
+    view = await services.chat.get_conversation(user, conversation_id)
+    return conversation_json(view.conversation, view.messages)
+
+
+@router.patch("/{conversation_id}")
+async def update(
+    conversation_id: str, body: ConversationChanges, services: ServicesDep, user: UserDep
+) -> dict[str, Any]:
+    changes = body.model_dump(exclude_unset=True)
+    conversation = await services.chat.update_conversation(user, conversation_id, changes)
+    return conversation_json(conversation)
+
+
+@router.delete("/{conversation_id}", status_code=204)
+async def delete(conversation_id: str, services: ServicesDep, user: UserDep) -> Response:
+    await services.chat.delete_conversation(user, conversation_id)
+    return Response(status_code=204)
+
+
+@router.post("/{conversation_id}/messages", response_model=None)
+async def send(
+    conversation_id: str,
+    body: UserMessage,
+    request: Request,
+    services: ServicesDep,
+    user: UserDep,
+) -> Any:
+    generation = await services.chat.send(user, conversation_id, body.content, body.model)
+    return await _deliver(generation, request, services)
+
+
+@router.post("/{conversation_id}/regenerate", response_model=None)
+async def regenerate(
+    conversation_id: str,
+    request: Request,
+    services: ServicesDep,
+    user: UserDep,
+    body: Regenerate | None = None,
+) -> Any:
+    model = body.model if body else None
+    generation = await services.chat.regenerate(user, conversation_id, model)
+    return await _deliver(generation, request, services)
+
+
+@router.get("/{conversation_id}/stream", response_model=None)
+async def attach(
+    conversation_id: str, request: Request, services: ServicesDep, user: UserDep
+) -> Any:
+    after = last_event_id(request)
+    log = await services.chat.conversation_stream(user, conversation_id, resuming=after is not None)
+    if log is None:
+        return Response(status_code=204)
+    return event_stream(log, after or 0, services.settings)
+
+
+async def _deliver(generation: Generation, request: Request, services: ServicesDep) -> Any:
+    if wants_stream(request, services.settings):
+        return event_stream(generation.log, 0, services.settings)
+    reply: JSONResponse = await finished_reply(generation.log)
+    return reply

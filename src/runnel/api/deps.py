@@ -1,0 +1,36 @@
+"""What handlers receive: the services built in the lifespan, and the current user."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from runnel.api.auth import Authenticator, current_user
+from runnel.broker import MemoryBroker
+from runnel.chat import ChatService
+from runnel.generation import GenerationService
+from runnel.providers.registry import Registry
+from runnel.settings import Settings
+from runnel.store.sql import Store
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    store: Store
+    broker: MemoryBroker
+    registry: Registry
+    generations: GenerationService
+    chat: ChatService
+    auth: Authenticator
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.runnel
+    return found
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+UserDep = Annotated[str, Depends(current_user)]

@@ -1,0 +1,102 @@
+"""The SSE response: one reader following one stream's log from an event id.
+
+A small race per response: the reader loop (read the log, send one chunk per flush) and a
+watcher of ``http.disconnect``; whichever ends first ends the other. A send that blocks
+longer than ``send_timeout`` (a reader that stopped reading) ends the response. Heartbeat
+comments go out when nothing was sent for ``heartbeat`` seconds. The bytes come from
+``runnel.sse``; this module only sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.responses import Response
+
+from runnel import sse
+from runnel.broker import StreamLog
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class EventStreamResponse(Response):
+    """Bypasses ``Response``'s body handling; subclassed so FastAPI passes it through."""
+
+    def __init__(
+        self,
+        log: StreamLog,
+        after: int,
+        *,
+        heartbeat: float,
+        retry_ms: int,
+        send_timeout: float,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.log = log
+        self.after = after
+        self.heartbeat = heartbeat
+        self.retry_ms = retry_ms
+        self.send_timeout = send_timeout
+        self.raw_headers = HEADERS + (extra_headers or [])
+        self.status_code = 200
+        self.background = None
+        self._gone = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        reader = asyncio.current_task()
+        assert reader is not None
+        watcher = asyncio.ensure_future(self._watch(receive, reader))
+        try:
+            await self._stream(send, reader)
+        except asyncio.CancelledError:
+            if not self._gone:
+                raise
+            reader.uncancel()
+        finally:
+            watcher.cancel()
+
+    async def _stream(self, send: Send, reader: asyncio.Task[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        log, position = self.log, self.after
+        chunk = sse.retry(self.retry_ms)
+        while True:
+            timer = loop.call_later(self.send_timeout, self._give_up, reader)
+            try:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finally:
+                timer.cancel()
+            if log.finished and position >= len(log.events):
+                break
+            events = await log.read(position, self.heartbeat)
+            if events:
+                chunk = sse.encode(events, position + 1)
+                position += len(events)
+            elif log.finished:
+                break
+            else:
+                chunk = sse.PING
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch(self, receive: Receive, reader: asyncio.Task[Any]) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._give_up(reader)
+                return
+
+    def _give_up(self, reader: asyncio.Task[Any]) -> None:
+        if not self._gone:
+            self._gone = True
+            reader.cancel()

@@ -1,0 +1,105 @@
+"""The event log of each stream; this is the in-process broker (the embedded default).
+
+One ``StreamLog`` per stream holds every event in order; an event's SSE id is its position
+plus one. Writers append; any number of readers read from any id at their own pace, so a
+slow reader costs no memory beyond the shared log, and resuming is slicing. The log is
+bounded because the generation is (``max_output_tokens``, ``max_stream_duration``), and it is
+dropped ``stream_retention`` seconds after its terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from runnel.events import TERMINAL, Event
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMeta:
+    stream_id: str
+    user_id: str
+    conversation_id: str | None
+    message_id: str
+    model: str
+
+
+class StreamLog:
+    __slots__ = ("_waiters", "events", "finished", "meta")
+
+    def __init__(self, meta: StreamMeta) -> None:
+        self.meta = meta
+        self.events: list[Event] = []
+        self.finished = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def append(self, event: Event) -> int:
+        if self.finished:
+            raise RuntimeError("append after the terminal event")
+        self.events.append(event)
+        if isinstance(event, TERMINAL):
+            self.finished = True
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        return len(self.events)
+
+    async def read(self, after: int, timeout: float) -> Sequence[Event]:
+        """Events with id > ``after``; waits up to ``timeout`` s for one (then returns [])."""
+        events = self.events
+        if len(events) > after or self.finished:
+            return events[after:]
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return self.events[after:]
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class MemoryBroker:
+    def __init__(self, retention: float) -> None:
+        self.retention = retention
+        self._logs: dict[str, StreamLog] = {}
+
+    def create(self, meta: StreamMeta) -> StreamLog:
+        log = StreamLog(meta)
+        self._logs[meta.stream_id] = log
+        return log
+
+    def get(self, stream_id: str) -> StreamLog | None:
+        return self._logs.get(stream_id)
+
+    def append(self, stream_id: str, event: Event) -> int:
+        log = self._logs[stream_id]
+        event_id = log.append(event)
+        if log.finished:
+            asyncio.get_running_loop().call_later(self.retention, self._expire, log)
+        return event_id
+
+    def discard(self, stream_id: str) -> None:
+        self._logs.pop(stream_id, None)
+
+    def _expire(self, log: StreamLog) -> None:
+        if self._logs.get(log.meta.stream_id) is log:
+            del self._logs[log.meta.stream_id]
+
+    async def ping(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        self._logs.clear()

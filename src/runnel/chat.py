@@ -1,0 +1,242 @@
+"""Chat operations: conversations, sending a message, regenerating, attaching to streams.
+
+This is what the HTTP handlers call. It validates input against the configured limits,
+builds the prompt from the stored conversation, and hands a ``StartRequest`` to the
+generation service. Ownership is checked here: another user's conversation or stream is
+``NotFound``, exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from runnel.broker import MemoryBroker, StreamLog
+from runnel.errors import InvalidRequest, NotFound, StreamInProgress
+from runnel.generation import Generation, GenerationService, StartRequest
+from runnel.ids import new_id
+from runnel.providers.base import ChatMessage
+from runnel.providers.registry import Registry
+from runnel.settings import Settings
+from runnel.store.records import Conversation, Message, NewMessage
+from runnel.store.sql import Store
+
+DEFAULT_TITLE = "New conversation"
+TITLE_LENGTH = 80
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationView:
+    conversation: Conversation
+    messages: list[Message]
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        broker: MemoryBroker,
+        generations: GenerationService,
+        registry: Registry,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+        self.generations = generations
+        self.registry = registry
+
+    # conversations
+
+    async def create_conversation(
+        self, user_id: str, title: str | None, model: str | None, system_prompt: str | None
+    ) -> Conversation:
+        if model is not None:
+            self.registry.resolve(model)
+        if system_prompt is not None:
+            self._check_length(system_prompt, "system prompt")
+        return await self.store.create_conversation(
+            new_id("c"), user_id, _title(title) or DEFAULT_TITLE, model, system_prompt
+        )
+
+    async def list_conversations(
+        self, user_id: str, limit: int, cursor: str | None
+    ) -> tuple[list[Conversation], str | None]:
+        return await self.store.list_conversations(user_id, limit, cursor)
+
+    async def get_conversation(self, user_id: str, conversation_id: str) -> ConversationView:
+        conversation = await self.store.get_conversation(user_id, conversation_id)
+        return ConversationView(conversation, await self.store.list_messages(conversation_id))
+
+    async def update_conversation(
+        self, user_id: str, conversation_id: str, changes: dict[str, Any]
+    ) -> Conversation:
+        if "title" in changes:
+            title = _title(changes["title"])
+            if not title:
+                raise InvalidRequest("title must not be empty")
+            changes["title"] = title
+        if changes.get("model") is not None:
+            self.registry.resolve(changes["model"])
+        if changes.get("system_prompt") is not None:
+            self._check_length(changes["system_prompt"], "system prompt")
+        return await self.store.update_conversation(user_id, conversation_id, changes)
+
+    async def delete_conversation(self, user_id: str, conversation_id: str) -> None:
+        active = await self.store.delete_conversation(user_id, conversation_id)
+        if active is not None:
+            self.generations.cancel(active)
+
+    # replies
+
+    async def send_stateless(
+        self, user_id: str, message: str, history: Sequence[ChatMessage], model: str | None
+    ) -> Generation:
+        self._check_message(message)
+        limit = self.settings.max_history_messages
+        if len(history) > limit:
+            raise InvalidRequest(f"history has {len(history)} messages; the limit is {limit}")
+        for item in history:
+            self._check_length(item["content"], "a history message")
+        self._check_history_size([*history, {"role": "user", "content": message}])
+        provider, model_name, model_id = self.registry.resolve(model)
+        prompt: list[ChatMessage] = [*history, {"role": "user", "content": message}]
+        return await self.generations.start(
+            StartRequest(user_id, provider, model_name, model_id, prompt)
+        )
+
+    async def send(
+        self, user_id: str, conversation_id: str, content: str, model: str | None
+    ) -> Generation:
+        self._check_message(content)
+        conversation = await self.store.get_conversation(user_id, conversation_id)
+        provider, model_name, model_id = self.registry.resolve(model or conversation.model)
+        if conversation.active_stream_id is not None:
+            raise StreamInProgress("this conversation already has a reply streaming")
+        history = await self.store.list_messages(conversation_id)
+        prompt = _prompt(conversation, history)
+        prompt.append({"role": "user", "content": content})
+        self._check_history_size(prompt)
+        title = None
+        if not history and conversation.title == DEFAULT_TITLE:
+            title = _title(content)
+        stream_id, message_id = new_id("s"), new_id("m")
+        new = [
+            NewMessage(new_id("m"), "user", content, "complete"),
+            NewMessage(message_id, "assistant", "", "streaming", model_id, stream_id),
+        ]
+        return await self.generations.start(
+            StartRequest(
+                user_id,
+                provider,
+                model_name,
+                model_id,
+                prompt,
+                conversation_id=conversation_id,
+                new_messages=new,
+                title=title,
+                stream_id=stream_id,
+                message_id=message_id,
+            )
+        )
+
+    async def regenerate(self, user_id: str, conversation_id: str, model: str | None) -> Generation:
+        conversation = await self.store.get_conversation(user_id, conversation_id)
+        provider, model_name, model_id = self.registry.resolve(model or conversation.model)
+        if conversation.active_stream_id is not None:
+            raise StreamInProgress("this conversation already has a reply streaming")
+        history = await self.store.list_messages(conversation_id)
+        replace = None
+        if history and history[-1].role == "assistant":
+            replace = history[-1].id
+            history = history[:-1]
+        if not history or history[-1].role != "user":
+            raise InvalidRequest("there is no message to reply to")
+        prompt = _prompt(conversation, history)
+        self._check_history_size(prompt)
+        stream_id, message_id = new_id("s"), new_id("m")
+        new = [NewMessage(message_id, "assistant", "", "streaming", model_id, stream_id)]
+        return await self.generations.start(
+            StartRequest(
+                user_id,
+                provider,
+                model_name,
+                model_id,
+                prompt,
+                conversation_id=conversation_id,
+                new_messages=new,
+                replace=replace,
+                stream_id=stream_id,
+                message_id=message_id,
+            )
+        )
+
+    # streams
+
+    def stream_log(self, user_id: str, stream_id: str) -> StreamLog:
+        log = self.broker.get(stream_id)
+        if log is None or log.meta.user_id != user_id:
+            raise NotFound("stream not found or expired")
+        return log
+
+    async def conversation_stream(
+        self, user_id: str, conversation_id: str, resuming: bool
+    ) -> StreamLog | None:
+        """The log to attach to: the active stream; when resuming, also the last one if kept."""
+        conversation = await self.store.get_conversation(user_id, conversation_id)
+        stream_id = conversation.active_stream_id
+        if stream_id is None and resuming:
+            messages = await self.store.list_messages(conversation_id)
+            stream_id = next(
+                (m.stream_id for m in reversed(messages) if m.role == "assistant"), None
+            )
+        if stream_id is None:
+            return None
+        log = self.broker.get(stream_id)
+        return log if log is not None and log.meta.user_id == user_id else None
+
+    def cancel(self, user_id: str, stream_id: str, kept_through: int | None) -> bool:
+        """Stop a stream; True when it was running. Idempotent."""
+        self.stream_log(user_id, stream_id)
+        return self.generations.cancel(stream_id, kept_through)
+
+    # validation
+
+    def _check_message(self, content: str) -> None:
+        if not content.strip():
+            raise InvalidRequest("message is empty")
+        self._check_length(content, "message")
+
+    def _check_length(self, text: str, what: str) -> None:
+        limit = self.settings.max_message_chars
+        if len(text) > limit:
+            raise InvalidRequest(
+                f"{what} is too long ({len(text)} characters; the limit is {limit})"
+            )
+
+    def _check_history_size(self, prompt: Sequence[ChatMessage]) -> None:
+        total = sum(len(m["content"]) for m in prompt)
+        if total > self.settings.max_history_chars:
+            raise InvalidRequest(
+                f"the conversation is too long ({total} characters; the limit is "
+                f"{self.settings.max_history_chars})"
+            )
+
+
+def _prompt(conversation: Conversation, history: Sequence[Message]) -> list[ChatMessage]:
+    prompt: list[ChatMessage] = []
+    if conversation.system_prompt:
+        prompt.append({"role": "system", "content": conversation.system_prompt})
+    for message in history:
+        if message.role == "assistant" and not message.content:
+            continue
+        prompt.append({"role": message.role, "content": message.content})
+    return prompt
+
+
+def _title(text: str | None) -> str | None:
+    if text is None:
+        return None
+    line = " ".join(text.split())
+    return line[: TITLE_LENGTH - 1] + "…" if len(line) > TITLE_LENGTH else line

@@ -1,0 +1,85 @@
+"""``runnel serve``: start uvicorn on the app, with a graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import socket
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from runnel import __version__, logs
+from runnel.api.app import create_app
+from runnel.api.auth import is_loopback
+from runnel.settings import Settings
+
+log = logging.getLogger("runnel")
+
+
+class DrainingServer(uvicorn.Server):
+    """On shutdown, tell the generations to drain before uvicorn waits for connections, so
+    open streams get their terminal event (complete, or INTERRUPTED when grace runs out)."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, grace: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.grace = grace
+        self._drain: asyncio.Task[None] | None = None
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        services = getattr(self.app.state, "runnel", None)
+        if services is not None:
+            self._drain = asyncio.ensure_future(services.generations.shutdown(self.grace))
+        await super().shutdown(sockets)
+        if self._drain is not None:
+            await self._drain
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runnel", description="Runnel chat server")
+    parser.add_argument("--version", action="version", version=f"runnel {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="start the server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except (ValidationError, ValueError) as exc:
+        print(f"runnel: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    if not is_loopback(args.host) and not settings.tokens:
+        print(
+            f"runnel: refusing to listen on {args.host} without RUNNEL_API_TOKENS "
+            "(set token:user pairs, or bind to 127.0.0.1)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        print(f"runnel: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + 5,
+        server_header=False,
+    )
+    log.info("runnel %s listening on http://%s:%d", __version__, args.host, args.port)
+    DrainingServer(config, app, settings.shutdown_grace).run()
+    return 0

@@ -1,0 +1,445 @@
+"""Generations: each reply runs as a task detached from any HTTP request.
+
+``GenerationService.start`` launches the provider call and the database writes at the same
+time, and returns once both are done and the upstream accepted the request — or raises the
+error that stopped it, which the HTTP layer sends as an ordinary error response. From then
+on the generation appends events to its stream's log and readers follow the log; a reader
+leaving changes nothing. A generation ends in exactly one recorded outcome:
+
+    complete (stop | length | content_filter)   the provider finished, or a limit was hit
+    complete (cancelled)                        ``cancel`` — the upstream request is closed
+    error (code)                                the provider failed or timed out
+    interrupted                                 the connection dropped, or shutdown's grace ran out
+
+The outcome is stored first, then the terminal event is appended, so a reader that sees
+the terminal event finds the final content in the store. Content is checkpointed by one
+loop for all generations every ``checkpoint_interval``; the token path only appends.
+Timeouts are enforced by one watchdog loop, not per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from runnel import logs
+from runnel.broker import MemoryBroker, StreamLog, StreamMeta
+from runnel.errors import Internal, Interrupted, Overloaded, RunnelError, StreamTimeout
+from runnel.events import Complete, Error, FinishReason, Status, Usage
+from runnel.ids import new_id
+from runnel.providers.base import ChatMessage, Finish, Provider, ProviderStream
+from runnel.settings import Settings
+from runnel.store.records import NewMessage, ReplyOutcome
+from runnel.store.sql import Store
+
+log = logging.getLogger(__name__)
+
+Phase = Literal["starting", "opening", "streaming", "finishing", "done"]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """Why a generation was stopped on purpose: Stop pressed, or a limit was reached."""
+
+    reason: FinishReason
+    kept_through: int | None = None
+
+
+@dataclass(slots=True)
+class StartRequest:
+    user_id: str
+    provider: Provider
+    model_name: str
+    model: str
+    prompt: Sequence[ChatMessage]
+    conversation_id: str | None = None
+    new_messages: Sequence[NewMessage] = ()
+    replace: str | None = None
+    title: str | None = None
+    stream_id: str = field(default_factory=lambda: new_id("s"))
+    message_id: str = field(default_factory=lambda: new_id("m"))
+
+
+@dataclass(slots=True, eq=False)
+class Generation:
+    stream_id: str
+    message_id: str
+    request: StartRequest
+    log: StreamLog
+    started_at: float = field(default_factory=time.monotonic)
+    phase: Phase = "starting"
+    pieces: list[str] = field(default_factory=list)
+    first_token_at: float | None = None
+    last_token_at: float = 0.0
+    dirty: bool = False
+    stop: Cancelled | RunnelError | None = None
+    failure: RunnelError | None = None
+    task: asyncio.Task[None] | None = None
+    ready: asyncio.Future[None] | None = None
+
+    @property
+    def persisted(self) -> bool:
+        return self.request.conversation_id is not None
+
+
+class GenerationService:
+    def __init__(self, settings: Settings, store: Store, broker: MemoryBroker) -> None:
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+        self._active: dict[str, Generation] = {}
+        self._tasks: asyncio.TaskGroup | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._draining = False
+
+    # lifecycle
+
+    async def run(self, tasks: asyncio.TaskGroup) -> None:
+        """Start the watchdog and checkpoint loops in ``tasks``; generations go there too."""
+        self._tasks = tasks
+        self._loops = [
+            tasks.create_task(self._watchdog_loop(), name="runnel-watchdog"),
+            tasks.create_task(self._checkpoint_loop(), name="runnel-checkpoints"),
+        ]
+
+    async def shutdown(self, grace: float) -> None:
+        """Refuse new generations, let active ones finish for ``grace`` s, then interrupt
+        them (stored ``interrupted``); finally stop the loops. Safe to call twice."""
+        self._draining = True
+        running = [g.task for g in self._active.values() if g.task is not None]
+        if running:
+            await asyncio.wait(running, timeout=grace)
+        for gen in list(self._active.values()):
+            self._abort(gen, Interrupted("the server is shutting down"))
+        running = [g.task for g in self._active.values() if g.task is not None]
+        if running:
+            await asyncio.wait(running)
+        for loop_task in self._loops:
+            loop_task.cancel()
+
+    @property
+    def active_count(self) -> int:
+        return len(self._active)
+
+    def get(self, stream_id: str) -> Generation | None:
+        return self._active.get(stream_id)
+
+    # starting and stopping
+
+    async def start(self, request: StartRequest) -> Generation:
+        if self._draining:
+            raise Overloaded("the server is shutting down; try again shortly")
+        if len(self._active) >= self.settings.max_active_streams:
+            raise Overloaded("the server is at its stream capacity; try again shortly")
+        if self._tasks is None:
+            raise RuntimeError("GenerationService.run was not called")
+        stream_id, message_id = request.stream_id, request.message_id
+        meta = StreamMeta(
+            stream_id, request.user_id, request.conversation_id, message_id, request.model
+        )
+        gen = Generation(stream_id, message_id, request, self.broker.create(meta))
+        gen.ready = asyncio.get_running_loop().create_future()
+        self._active[stream_id] = gen
+        gen.task = self._tasks.create_task(self._run(gen), name=f"generation-{stream_id}")
+        try:
+            await asyncio.shield(gen.ready)
+        except asyncio.CancelledError:
+            if not gen.ready.done():
+                gen.ready.cancel()
+            raise
+        return gen
+
+    def cancel(self, stream_id: str, kept_through: int | None = None) -> bool:
+        """Stop a generation of this process (idempotent). False when it is not running here."""
+        gen = self._active.get(stream_id)
+        if gen is None:
+            return False
+        if kept_through is not None and kept_through >= len(gen.log.events):
+            kept_through = None
+        self._abort(gen, Cancelled("cancelled", kept_through))
+        return True
+
+    def _abort(self, gen: Generation, stop: Cancelled | RunnelError) -> None:
+        if gen.stop is not None:
+            return
+        gen.stop = stop
+        if gen.phase in ("opening", "streaming") and gen.task is not None:
+            gen.task.cancel()
+
+    # the runner
+
+    async def _run(self, gen: Generation) -> None:
+        logs.stream_id.set(gen.stream_id)
+        logs.conversation_id.set(gen.request.conversation_id)
+        request = gen.request
+        log.info("stream started", extra={"fields": {"model": request.model}})
+        opening = asyncio.ensure_future(
+            request.provider.open(
+                request.model_name, request.prompt, max_tokens=self.settings.max_output_tokens
+            )
+        )
+        stream: ProviderStream | None = None
+        outcome: Complete | Error
+        try:
+            try:
+                await self._begin(gen)
+            except RunnelError as exc:
+                opening.cancel()
+                await _close_when_opened(opening)
+                self._fail_before_start(gen, exc)
+                return
+            try:
+                gen.phase = "opening"
+                if gen.stop is not None:
+                    raise asyncio.CancelledError
+                stream = await opening
+            except RunnelError as exc:
+                outcome = self._error(gen, exc)
+            else:
+                self.broker.append(
+                    gen.stream_id,
+                    Status(gen.stream_id, request.conversation_id, gen.message_id, request.model),
+                )
+                _resolve(gen.ready)
+                outcome = await self._relay(gen, stream)
+        except asyncio.CancelledError:
+            outcome = self._stopped(gen)
+            if gen.stop is None:
+                await self._finish_shielded(gen, outcome, stream, opening)
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+        except Exception:  # a bug: record it, never leave the stream hanging
+            log.exception("generation failed")
+            outcome = self._error(gen, Internal("something went wrong on the server"))
+        await self._finish_shielded(gen, outcome, stream, opening)
+
+    async def _finish_shielded(
+        self,
+        gen: Generation,
+        outcome: Complete | Error,
+        stream: ProviderStream | None,
+        opening: asyncio.Future[ProviderStream],
+    ) -> None:
+        gen.phase = "finishing"
+        await asyncio.shield(self._close_and_finish(gen, outcome, stream, opening))
+
+    async def _close_and_finish(
+        self,
+        gen: Generation,
+        outcome: Complete | Error,
+        stream: ProviderStream | None,
+        opening: asyncio.Future[ProviderStream],
+    ) -> None:
+        if stream is not None:
+            await _quietly_close(stream)
+        else:
+            opening.cancel()
+            await _close_when_opened(opening)
+        await self._finish(gen, outcome)
+
+    async def _begin(self, gen: Generation) -> None:
+        request = gen.request
+        if request.conversation_id is None:
+            return
+        await self.store.begin_reply(
+            request.user_id,
+            request.conversation_id,
+            gen.stream_id,
+            request.new_messages,
+            replace=request.replace,
+            title=request.title,
+        )
+
+    async def _relay(self, gen: Generation, stream: ProviderStream) -> Complete | Error:
+        gen.phase = "streaming"
+        if gen.stop is not None:
+            raise asyncio.CancelledError
+        append = self.broker.append
+        stream_id = gen.stream_id
+        pieces = gen.pieces
+        limit = self.settings.max_output_tokens
+        monotonic = time.monotonic
+        finish: Finish | None = None
+        try:
+            async for delta in stream:
+                if type(delta) is str:
+                    if not delta:
+                        continue
+                    pieces.append(delta)
+                    gen.last_token_at = monotonic()
+                    gen.dirty = True
+                    if gen.first_token_at is None:
+                        gen.first_token_at = gen.last_token_at
+                        log.info(
+                            "first token",
+                            extra={
+                                "fields": {
+                                    "ttftMs": round((gen.first_token_at - gen.started_at) * 1000, 1)
+                                }
+                            },
+                        )
+                    append(stream_id, delta)
+                    if len(pieces) >= limit:
+                        finish = Finish("length")
+                        break
+                elif isinstance(delta, Finish):
+                    finish = delta
+                    break
+        except RunnelError as exc:
+            return self._error(gen, exc)
+        if finish is None:
+            return self._error(gen, Interrupted("the model's stream ended unexpectedly"))
+        return self._complete(gen, finish.reason, finish.usage)
+
+    # outcomes
+
+    def _stopped(self, gen: Generation) -> Complete | Error:
+        stop = gen.stop
+        if isinstance(stop, Cancelled):
+            return self._complete(gen, stop.reason, None, stop.kept_through)
+        if isinstance(stop, RunnelError):
+            return self._error(gen, stop)
+        return self._error(gen, Interrupted("the reply was interrupted"))
+
+    def _complete(
+        self,
+        gen: Generation,
+        reason: FinishReason,
+        usage: Usage | None,
+        kept_through: int | None = None,
+    ) -> Complete:
+        if kept_through is not None:
+            gen.pieces = [e for e in gen.log.events[:kept_through] if type(e) is str]
+        return Complete(
+            gen.request.model, reason, gen.message_id, usage, len(gen.pieces), kept_through
+        )
+
+    def _error(self, gen: Generation, exc: RunnelError) -> Error:
+        if gen.failure is None:
+            gen.failure = exc
+        return Error(exc.code, exc.message, exc.retryable, bool(gen.pieces), gen.message_id)
+
+    def _fail_before_start(self, gen: Generation, exc: RunnelError) -> None:
+        """The conversation could not be claimed: nothing was stored, nothing is logged."""
+        self._active.pop(gen.stream_id, None)
+        self.broker.discard(gen.stream_id)
+        gen.phase = "done"
+        _reject(gen.ready, exc)
+
+    async def _finish(self, gen: Generation, outcome: Complete | Error) -> None:
+        content = "".join(gen.pieces)
+        if gen.persisted:
+            try:
+                await self.store.finish_reply(
+                    gen.message_id,
+                    gen.request.conversation_id or "",
+                    gen.stream_id,
+                    _reply_outcome(content, outcome),
+                )
+            except Exception:
+                log.exception("storing the outcome failed")
+        self.broker.append(gen.stream_id, outcome)
+        self._active.pop(gen.stream_id, None)
+        gen.phase = "done"
+        if gen.failure is not None:
+            _reject(gen.ready, gen.failure)
+        else:
+            _resolve(gen.ready)
+        elapsed = time.monotonic() - gen.started_at
+        fields: dict[str, object] = {
+            "outcome": outcome.finish_reason if isinstance(outcome, Complete) else "error",
+            "tokens": len(gen.pieces),
+            "durationMs": round(elapsed * 1000, 1),
+        }
+        if isinstance(outcome, Error):
+            fields["code"] = outcome.code
+        log.info("stream ended", extra={"fields": fields})
+
+    # loops
+
+    async def _watchdog_loop(self) -> None:
+        settings = self.settings
+        tick = min(1.0, settings.first_token_timeout / 4, settings.stall_timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for gen in list(self._active.values()):
+                if gen.phase not in ("opening", "streaming") or gen.stop is not None:
+                    continue
+                if now - gen.started_at > settings.max_stream_duration:
+                    self._abort(gen, Cancelled("length"))
+                elif gen.first_token_at is None:
+                    if now - gen.started_at > settings.first_token_timeout:
+                        self._abort(
+                            gen,
+                            StreamTimeout(
+                                f"the model sent nothing within {settings.first_token_timeout:g} s"
+                            ),
+                        )
+                elif now - gen.last_token_at > settings.stall_timeout:
+                    self._abort(
+                        gen, StreamTimeout(f"the model stalled for {settings.stall_timeout:g} s")
+                    )
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.checkpoint_interval)
+            batch: list[tuple[str, str]] = []
+            for gen in list(self._active.values()):
+                if gen.dirty and gen.persisted and gen.phase == "streaming":
+                    gen.dirty = False
+                    batch.append((gen.message_id, "".join(gen.pieces)))
+            if batch:
+                try:
+                    await self.store.checkpoint(batch)
+                except Exception:
+                    log.exception("checkpoint failed")
+
+
+def _reply_outcome(content: str, outcome: Complete | Error) -> ReplyOutcome:
+    if isinstance(outcome, Complete):
+        usage = outcome.usage
+        return ReplyOutcome(
+            content,
+            "cancelled" if outcome.finish_reason == "cancelled" else "complete",
+            finish_reason=outcome.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else outcome.completion_tokens,
+        )
+    return ReplyOutcome(
+        content,
+        "interrupted" if outcome.code == Interrupted.code else "error",
+        error_code=outcome.code,
+        error_message=outcome.message,
+    )
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+def _reject(future: asyncio.Future[None] | None, exc: BaseException) -> None:
+    if future is not None and not future.done():
+        future.set_exception(exc)
+
+
+async def _close_when_opened(opening: asyncio.Future[ProviderStream]) -> None:
+    try:
+        stream = await opening
+    except (asyncio.CancelledError, RunnelError):
+        return
+    await _quietly_close(stream)
+
+
+async def _quietly_close(stream: ProviderStream) -> None:
+    try:
+        await stream.aclose()
+    except Exception:
+        log.warning("closing the provider stream failed", exc_info=True)

@@ -1,0 +1,1 @@
+"""Model providers: one small interface (``base.py``), a registry, and the built-ins."""

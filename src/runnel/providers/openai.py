@@ -1,0 +1,239 @@
+"""OpenAI-compatible provider: OpenAI, Ollama, vLLM, llama.cpp, LM Studio, hosted clones.
+
+The official ``openai`` SDK builds and sends the request, handles auth and raises its error
+classes (mapped to Runnel's in ``map_openai_error``, the one boundary for this SDK). The
+token path does not use the SDK's typed chunk parsing, which costs more per token than the
+whole relay budget (shared/PERFORMANCE.md): the raw streaming response is read as bytes and
+its ``chat.completion.chunk`` SSE lines are parsed with orjson.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import httpx2
+import openai
+import orjson
+
+from runnel.errors import (
+    ContextLengthExceeded,
+    Interrupted,
+    ModelNotFound,
+    ProviderAuth,
+    ProviderError,
+    RateLimited,
+    RunnelError,
+    StreamTimeout,
+)
+from runnel.events import FinishReason, Usage
+from runnel.providers.base import ChatMessage, Delta, Finish, Provider
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "stop",
+    "function_call": "stop",
+}
+_MODELS_TTL = 60.0
+
+
+class OpenAIProvider(Provider):
+    kind = "openai"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        models: Sequence[str] = (),
+        timeout: float = 600.0,
+    ) -> None:
+        super().__init__(name)
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key or "unused",
+            base_url=base_url,
+            max_retries=0,
+            timeout=httpx2.Timeout(timeout, connect=10.0),
+        )
+        self._configured_models = list(models)
+        self._models_cache: tuple[float, list[str]] | None = None
+
+    async def open(
+        self, model: str, messages: Sequence[ChatMessage], *, max_tokens: int
+    ) -> _OpenAIStream:
+        wire_messages: list[Any] = list(messages)
+        context = self._client.chat.completions.with_streaming_response.create(
+            model=model,
+            messages=wire_messages,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        try:
+            response = await context.__aenter__()
+        except openai.OpenAIError as exc:
+            raise map_openai_error(exc, self.name) from exc
+        return _OpenAIStream(self.name, context, response.http_response)
+
+    async def list_models(self) -> list[str]:
+        if self._configured_models:
+            return list(self._configured_models)
+        cached = self._models_cache
+        if cached is not None and time.monotonic() - cached[0] < _MODELS_TTL:
+            return cached[1]
+        try:
+            page = await self._client.models.list(timeout=5.0)
+        except openai.OpenAIError as exc:
+            raise map_openai_error(exc, self.name) from exc
+        names = sorted(m.id for m in page.data)
+        self._models_cache = (time.monotonic(), names)
+        return names
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+class _OpenAIStream:
+    def __init__(
+        self,
+        provider: str,
+        context: AbstractAsyncContextManager[Any],
+        response: httpx2.Response,
+    ) -> None:
+        self._provider = provider
+        self._context = context
+        self._response = response
+        self._closed = False
+
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[Delta]:
+        finish: FinishReason | None = None
+        usage: Usage | None = None
+        data: list[bytes] = []
+        buffer = b""
+        try:
+            async for chunk in self._response.aiter_bytes():
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.endswith(b"\r"):
+                        line = line[:-1]
+                    if line.startswith(b"data:"):
+                        value = line[5:]
+                        data.append(value[1:] if value.startswith(b" ") else value)
+                        continue
+                    if line or not data:
+                        continue
+                    payload = b"\n".join(data)
+                    data.clear()
+                    if payload == b"[DONE]":
+                        yield Finish(finish or "stop", usage)
+                        return
+                    chunk_obj = self._parse(payload)
+                    for choice in chunk_obj.get("choices") or ():
+                        delta = choice.get("delta") or {}
+                        content = delta.get("content")
+                        if content:
+                            yield content
+                        reason = choice.get("finish_reason")
+                        if reason:
+                            finish = _FINISH.get(reason, "stop")
+                    raw_usage = chunk_obj.get("usage")
+                    if raw_usage:
+                        usage = Usage(
+                            int(raw_usage.get("prompt_tokens") or 0),
+                            int(raw_usage.get("completion_tokens") or 0),
+                        )
+        except httpx2.TimeoutException as exc:
+            raise StreamTimeout(f"{self._provider} stopped sending") from exc
+        except httpx2.HTTPError as exc:
+            raise Interrupted(f"the connection to {self._provider} was lost") from exc
+        if finish is None:
+            raise Interrupted(f"{self._provider} ended the stream before finishing")
+        yield Finish(finish, usage)
+
+    def _parse(self, payload: bytes) -> dict[str, Any]:
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise ProviderError(f"{self._provider} sent malformed data") from exc
+        if not isinstance(obj, dict):
+            raise ProviderError(f"{self._provider} sent malformed data")
+        if "error" in obj and not obj.get("choices"):
+            raise _stream_error(obj["error"], self._provider)
+        return obj
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._context.__aexit__(None, None, None)
+
+
+def _stream_error(error: Any, provider: str) -> RunnelError:
+    kind = str(error.get("type") or error.get("code") or "") if isinstance(error, dict) else ""
+    if "rate" in kind:
+        return RateLimited(f"{provider} rate limit reached (provider limit)", provider=provider)
+    return ProviderError(f"{provider} reported an error mid-stream", provider=provider)
+
+
+def map_openai_error(exc: openai.OpenAIError, provider: str) -> RunnelError:
+    """The one place where the ``openai`` SDK's exceptions become Runnel errors."""
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status in (401, 403):
+            return ProviderAuth(f"{provider} rejected the API key", provider=provider)
+        if status == 429:
+            return RateLimited(
+                f"{provider} rate limit reached (provider limit)",
+                retry_after=_retry_after(exc.response),
+                provider=provider,
+            )
+        if status == 404:
+            return ModelNotFound(f"{provider} does not serve that model", provider=provider)
+        if status in (400, 413, 422):
+            if _mentions_context_length(exc):
+                return ContextLengthExceeded(
+                    "the conversation is too long for this model", provider=provider
+                )
+            return ProviderError(
+                f"{provider} rejected the request (HTTP {status})",
+                retryable=False,
+                provider=provider,
+            )
+        if status in (408, 504):
+            return StreamTimeout(f"{provider} timed out (HTTP {status})", provider=provider)
+        return ProviderError(f"{provider} failed (HTTP {status})", provider=provider)
+    if isinstance(exc, openai.APITimeoutError):
+        return StreamTimeout(f"{provider} did not answer in time", provider=provider)
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderError(f"could not connect to {provider}", provider=provider)
+    return ProviderError(f"{provider} failed", provider=provider)
+
+
+def _mentions_context_length(exc: openai.APIStatusError) -> bool:
+    code = getattr(exc, "code", None)
+    text = f"{code} {exc.message}".lower()
+    return "context_length" in text or "context length" in text or "maximum context" in text
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, parsed.timestamp() - time.time())

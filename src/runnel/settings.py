@@ -1,0 +1,147 @@
+"""Settings: environment variables (DESIGN §8 names, ``RUNNEL_*``) over an optional TOML file.
+
+Precedence, highest first: keyword arguments, environment, the TOML file named by
+``RUNNEL_CONFIG``, defaults. The TOML file uses the same names as the settings in lower
+case (``first_token_timeout = 10``) plus ``[providers.NAME]`` tables for extra providers.
+Every field here is documented in ``docs/configuration.md`` (a test checks it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class ProviderConfig(BaseModel):
+    """One named provider from the TOML file (``[providers.ollama]``)."""
+
+    type: Literal["openai", "demo"] = "openai"
+    base_url: str | None = None
+    api_key: str | None = None
+    api_key_env: str | None = None
+    models: list[str] = Field(default_factory=list)
+    timeout: float = 600.0
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key
+        if self.api_key_env is not None:
+            return os.environ.get(self.api_key_env)
+        return None
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RUNNEL_",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("runnel")))
+    database_url: str | None = None
+    redis_url: str | None = None
+    default_model: str | None = None
+    api_tokens: str | None = None
+    config: Path | None = None
+
+    openai_api_key: str | None = Field(
+        default=None, validation_alias=_env("OPENAI_API_KEY", "openai_api_key")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=_env("OPENAI_BASE_URL", "openai_base_url")
+    )
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+
+    streaming_enabled: bool = True
+    heartbeat_interval: float = Field(default=15.0, gt=0)
+    sse_retry_ms: int = Field(default=3000, ge=0)
+    first_token_timeout: float = Field(default=30.0, gt=0)
+    stall_timeout: float = Field(default=60.0, gt=0)
+    max_stream_duration: float = Field(default=900.0, gt=0)
+    max_output_tokens: int = Field(default=8192, gt=0)
+    max_message_chars: int = Field(default=32_000, gt=0)
+    max_history_messages: int = Field(default=200, gt=0)
+    max_history_chars: int = Field(default=400_000, gt=0)
+    max_active_streams: int = Field(default=2000, gt=0)
+    stream_retention: float = Field(default=300.0, ge=0)
+    checkpoint_interval: float = Field(default=1.0, gt=0, le=1.0)
+    send_timeout: float = Field(default=30.0, gt=0)
+    shutdown_grace: float = Field(default=20.0, ge=0)
+
+    demo_tokens_per_second: float = Field(default=40.0, gt=0)
+    demo_first_token_delay: float = Field(default=0.15, ge=0)
+    demo_reply_tokens: int = Field(default=160, gt=0)
+
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "text"] = "auto"
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _check_tokens(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_api_tokens(value)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_path(init_settings)
+        if path is not None:
+            if not path.is_file():
+                raise ValueError(f"RUNNEL_CONFIG names a file that does not exist: {path}")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def database(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'runnel.db'}"
+
+    @property
+    def tokens(self) -> dict[str, str]:
+        return parse_api_tokens(self.api_tokens) if self.api_tokens else {}
+
+
+def _config_path(init_settings: PydanticBaseSettingsSource) -> Path | None:
+    init = init_settings()
+    value: Any = init.get("config") or os.environ.get("RUNNEL_CONFIG")
+    return Path(value).expanduser() if value else None
+
+
+def parse_api_tokens(raw: str) -> dict[str, str]:
+    """``"tok1:alice,tok2:bob"`` → ``{"tok1": "alice", "tok2": "bob"}``."""
+    tokens: dict[str, str] = {}
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        token, sep, user = item.rpartition(":")
+        if not sep or not token or not user:
+            raise ValueError("RUNNEL_API_TOKENS must be comma-separated token:user pairs")
+        tokens[token] = user
+    if not tokens:
+        raise ValueError("RUNNEL_API_TOKENS is set but names no token:user pair")
+    return tokens

@@ -1,0 +1,42 @@
+"""The only module that writes SSE text (DESIGN §3).
+
+Events are encoded with orjson into pre-built byte strings; a batch of events that a reader
+has not yet seen becomes one byte string, so a response does one ``send`` per flush.
+Consecutive tokens in a batch are merged into one ``token`` event carrying the id of the
+last token merged — that is how a reader that fell behind catches up cheaply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+
+from runnel.events import Event, to_wire
+
+PING = b": ping\n\n"
+_TOKEN = b'id: %d\ndata: {"type":"token","content":%s}\n\n'
+_OTHER = b"id: %d\ndata: %s\n\n"
+
+
+def retry(milliseconds: int) -> bytes:
+    return b"retry: %d\n\n" % milliseconds
+
+
+def encode(events: Sequence[Event], first_id: int) -> bytes:
+    """Encode ``events`` whose first has id ``first_id``, merging runs of tokens."""
+    out: list[bytes] = []
+    i, n = 0, len(events)
+    while i < n:
+        event = events[i]
+        if type(event) is str:
+            j = i + 1
+            while j < n and type(events[j]) is str:
+                j += 1
+            text = event if j - i == 1 else "".join(events[i:j])  # type: ignore[arg-type]
+            out.append(_TOKEN % (first_id + j - 1, orjson.dumps(text)))
+            i = j
+        else:
+            out.append(_OTHER % (first_id + i, orjson.dumps(to_wire(event))))
+            i += 1
+    return b"".join(out)

@@ -1,0 +1,367 @@
+"""The SQL store: SQLite (default, WAL) or PostgreSQL through SQLAlchemy's async engine.
+
+SQLite runs in aiosqlite's worker threads, so writes never block the event loop. The
+generation path writes three times per reply at most — begin (one transaction claiming the
+conversation and inserting both messages), batched checkpoints, finish — and never per token.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from runnel.errors import InvalidRequest, NotFound, StreamInProgress
+from runnel.store.records import Conversation, Message, NewMessage, ReplyOutcome
+from runnel.store.schema import conversations, messages
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("store is not open")
+        return self._engine
+
+    async def open(self) -> None:
+        url = make_url(self.url)
+        kwargs: dict[str, Any] = {}
+        if url.get_backend_name() == "sqlite":
+            if url.database and url.database != ":memory:":
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        engine = create_async_engine(url, **kwargs)
+        if url.get_backend_name() == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        self._engine = engine
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (SQLAlchemyError, OSError):
+            return False
+        return True
+
+    # conversations
+
+    async def create_conversation(
+        self,
+        conversation_id: str,
+        user_id: str,
+        title: str,
+        model: str | None,
+        system_prompt: str | None,
+    ) -> Conversation:
+        stamp = now_ms()
+        row: dict[str, Any] = {
+            "id": conversation_id,
+            "user_id": user_id,
+            "title": title,
+            "model": model,
+            "system_prompt": system_prompt,
+            "active_stream_id": None,
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(conversations).values(row))
+        return Conversation(**row)
+
+    async def get_conversation(self, user_id: str, conversation_id: str) -> Conversation:
+        async with self.engine.connect() as conn:
+            return await _conversation(conn, user_id, conversation_id)
+
+    async def list_conversations(
+        self, user_id: str, limit: int, cursor: str | None
+    ) -> tuple[list[Conversation], str | None]:
+        query = select(conversations).where(conversations.c.user_id == user_id)
+        if cursor:
+            updated_at, last_id = _decode_cursor(cursor)
+            query = query.where(
+                or_(
+                    conversations.c.updated_at < updated_at,
+                    and_(conversations.c.updated_at == updated_at, conversations.c.id < last_id),
+                )
+            )
+        query = query.order_by(conversations.c.updated_at.desc(), conversations.c.id.desc())
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query.limit(limit + 1))).mappings().all()
+        items = [Conversation(**row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = items[-1]
+            next_cursor = _encode_cursor(last.updated_at, last.id)
+        return items, next_cursor
+
+    async def update_conversation(
+        self, user_id: str, conversation_id: str, changes: dict[str, Any]
+    ) -> Conversation:
+        async with self.engine.begin() as conn:
+            if changes:
+                await conn.execute(
+                    update(conversations)
+                    .where(
+                        conversations.c.id == conversation_id, conversations.c.user_id == user_id
+                    )
+                    .values(**changes, updated_at=now_ms())
+                )
+            return await _conversation(conn, user_id, conversation_id)
+
+    async def delete_conversation(self, user_id: str, conversation_id: str) -> str | None:
+        """Delete; returns the stream that was active (the caller cancels it)."""
+        async with self.engine.begin() as conn:
+            found = await _conversation(conn, user_id, conversation_id)
+            await conn.execute(
+                delete(messages).where(messages.c.conversation_id == conversation_id)
+            )
+            await conn.execute(delete(conversations).where(conversations.c.id == conversation_id))
+        return found.active_stream_id
+
+    async def list_messages(self, conversation_id: str) -> list[Message]:
+        query = (
+            select(messages)
+            .where(messages.c.conversation_id == conversation_id)
+            .order_by(messages.c.seq)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [Message(**row) for row in rows]
+
+    async def get_message(self, message_id: str) -> Message | None:
+        async with self.engine.connect() as conn:
+            row = (
+                (await conn.execute(select(messages).where(messages.c.id == message_id)))
+                .mappings()
+                .first()
+            )
+        return Message(**row) if row else None
+
+    # the life of a reply
+
+    async def begin_reply(
+        self,
+        user_id: str,
+        conversation_id: str,
+        stream_id: str,
+        new: Sequence[NewMessage],
+        replace: str | None = None,
+        title: str | None = None,
+    ) -> None:
+        """Claim the conversation for ``stream_id`` and insert ``new`` messages, atomically.
+
+        Raises ``StreamInProgress`` when another stream holds the conversation, ``NotFound``
+        when it is not the user's. ``replace`` names a message deleted in the same
+        transaction (regenerate); ``title`` renames a conversation still titled by default.
+        """
+        stamp = now_ms()
+        async with self.engine.begin() as conn:
+            claimed = await conn.execute(
+                update(conversations)
+                .where(
+                    conversations.c.id == conversation_id,
+                    conversations.c.user_id == user_id,
+                    conversations.c.active_stream_id.is_(None),
+                )
+                .values(active_stream_id=stream_id, updated_at=stamp)
+            )
+            if claimed.rowcount != 1:
+                await _conversation(conn, user_id, conversation_id)
+                raise StreamInProgress("this conversation already has a reply streaming")
+            if replace is not None:
+                last = await _last_message(conn, conversation_id)
+                if last is None or last["id"] != replace:
+                    raise InvalidRequest("the conversation changed; reload and try again")
+                await conn.execute(delete(messages).where(messages.c.id == replace))
+            seq = await conn.scalar(
+                select(func.coalesce(func.max(messages.c.seq), 0)).where(
+                    messages.c.conversation_id == conversation_id
+                )
+            )
+            rows = []
+            for offset, message in enumerate(new, start=1):
+                rows.append(
+                    {
+                        "id": message.id,
+                        "conversation_id": conversation_id,
+                        "seq": int(seq or 0) + offset,
+                        "role": message.role,
+                        "content": message.content,
+                        "status": message.status,
+                        "model": message.model,
+                        "stream_id": message.stream_id,
+                        "created_at": stamp,
+                        "updated_at": stamp,
+                    }
+                )
+            await conn.execute(insert(messages), rows)
+            if title is not None:
+                await conn.execute(
+                    update(conversations)
+                    .where(conversations.c.id == conversation_id)
+                    .values(title=title)
+                )
+
+    async def checkpoint(self, contents: Sequence[tuple[str, str]]) -> None:
+        """Save the partial content of streaming messages: ``[(message_id, content), …]``."""
+        if not contents:
+            return
+        statement = (
+            update(messages)
+            .where(messages.c.id == bindparam("mid"), messages.c.status == "streaming")
+            .values(content=bindparam("body"), updated_at=bindparam("stamp"))
+        )
+        stamp = now_ms()
+        params = [{"mid": mid, "body": body, "stamp": stamp} for mid, body in contents]
+        async with self.engine.begin() as conn:
+            await conn.execute(statement.execution_options(synchronize_session=False), params)
+
+    async def finish_reply(
+        self, message_id: str, conversation_id: str, stream_id: str, outcome: ReplyOutcome
+    ) -> None:
+        """Store the terminal state and release the conversation."""
+        stamp = now_ms()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id)
+                .values(
+                    content=outcome.content,
+                    status=outcome.status,
+                    finish_reason=outcome.finish_reason,
+                    error_code=outcome.error_code,
+                    error_message=outcome.error_message,
+                    prompt_tokens=outcome.prompt_tokens,
+                    completion_tokens=outcome.completion_tokens,
+                    updated_at=stamp,
+                )
+            )
+            await conn.execute(
+                update(conversations)
+                .where(
+                    conversations.c.id == conversation_id,
+                    conversations.c.active_stream_id == stream_id,
+                )
+                .values(active_stream_id=None, updated_at=stamp)
+            )
+
+    async def interrupt_all_streaming(self) -> int:
+        """Mark every ``streaming`` message ``interrupted`` and release every conversation.
+
+        Only correct when this process is the only one that generates (the embedded,
+        single-process set-up): it is run at start-up to recover from a crash.
+        """
+        stamp = now_ms()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(messages)
+                .where(messages.c.status == "streaming")
+                .values(
+                    status="interrupted",
+                    error_code="INTERRUPTED",
+                    error_message="the server stopped while this reply was streaming",
+                    updated_at=stamp,
+                )
+            )
+            await conn.execute(
+                update(conversations)
+                .where(conversations.c.active_stream_id.is_not(None))
+                .values(active_stream_id=None)
+            )
+        return int(result.rowcount or 0)
+
+
+async def _conversation(conn: AsyncConnection, user_id: str, conversation_id: str) -> Conversation:
+    row = (
+        (
+            await conn.execute(
+                select(conversations).where(
+                    conversations.c.id == conversation_id, conversations.c.user_id == user_id
+                )
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise NotFound("conversation not found")
+    return Conversation(**row)
+
+
+async def _last_message(conn: AsyncConnection, conversation_id: str) -> Any:
+    query = (
+        select(messages.c.id, messages.c.role)
+        .where(messages.c.conversation_id == conversation_id)
+        .order_by(messages.c.seq.desc())
+        .limit(1)
+    )
+    return (await conn.execute(query)).mappings().first()
+
+
+def _encode_cursor(updated_at: int, conversation_id: str) -> str:
+    raw = orjson.dumps([updated_at, conversation_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        updated_at, conversation_id = orjson.loads(raw)
+        return int(updated_at), str(conversation_id)
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        raise InvalidRequest("invalid cursor") from exc
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _upgrade(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")

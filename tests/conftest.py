@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from runnel.settings import Settings
+from tests.fakes.openai_server import FakeOpenAI
+from tests.server import RunningServer, start
+
+TEST_SETTINGS: dict[str, Any] = {
+    "demo_first_token_delay": 0.0,
+    "demo_tokens_per_second": 400.0,
+    "demo_reply_tokens": 40,
+    "shutdown_grace": 0.2,
+    "log_level": "WARNING",
+}
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+    assert not fake._errors, fake._errors
+
+
+ServeFactory = Callable[..., RunningServer]
+
+
+@pytest.fixture
+def serve(tmp_path: Path, fake_openai: FakeOpenAI) -> Iterator[ServeFactory]:
+    """Start a Runnel on loopback; keyword arguments override settings."""
+    servers: list[RunningServer] = []
+
+    def factory(**overrides: Any) -> RunningServer:
+        values = {
+            **TEST_SETTINGS,
+            "data_dir": tmp_path / f"data{len(servers)}",
+            "openai_api_key": "sk-test",
+            "openai_base_url": fake_openai.url,
+            **overrides,
+        }
+        server = start(Settings(**values))
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(serve: ServeFactory) -> RunningServer:
+    return serve()
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[httpx2.Client]:
+    with httpx2.Client(base_url=server.url, timeout=30) as http:
+        yield http
+
+
+def require_service(env: str) -> str:
+    """The URL of a real service for a test; skip locally without it, fail under CI."""
+    url = os.environ.get(env)
+    if url:
+        return url
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{env} is not set, and CI must run this test")
+    pytest.skip(f"{env} is not set")

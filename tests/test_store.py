@@ -1,0 +1,157 @@
+"""The store contract, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from runnel.errors import InvalidRequest, NotFound, StreamInProgress
+from runnel.store.records import NewMessage, ReplyOutcome
+from runnel.store.sql import Store
+from tests.conftest import require_service
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+        return
+    base = make_url(require_service("RUNNEL_TEST_POSTGRES_URL"))
+    name = f"runnel_test_{uuid.uuid4().hex[:12]}"
+
+    async def run(sql: str) -> None:
+        engine = create_async_engine(base, isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql(sql)
+        await engine.dispose()
+
+    asyncio.run(run(f"CREATE DATABASE {name}"))
+    yield base.set(database=name).render_as_string(hide_password=False)
+    asyncio.run(run(f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+def run_with_store(url: str, body) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        store = Store(url)
+        await store.open()
+        try:
+            await body(store)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def reply(mid: str, sid: str) -> list[NewMessage]:
+    return [
+        NewMessage(f"{mid}u", "user", "question ü", "complete"),
+        NewMessage(mid, "assistant", "", "streaming", "demo/markdown", sid),
+    ]
+
+
+def test_reply_lifecycle(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        await store.create_conversation("c_1", "alice", "t", None, "be brief")
+        await store.begin_reply("alice", "c_1", "s_1", reply("m_1", "s_1"))
+        assert (await store.get_conversation("alice", "c_1")).active_stream_id == "s_1"
+        await store.checkpoint([("m_1", "par")])
+        assert (await store.get_message("m_1")).content == "par"  # type: ignore[union-attr]
+        await store.finish_reply(
+            "m_1", "c_1", "s_1", ReplyOutcome("partial 🎉", "complete", "stop", None, None, 3, 4)
+        )
+        await store.checkpoint([("m_1", "stale")])
+        message = await store.get_message("m_1")
+        assert message is not None
+        assert (message.content, message.status, message.prompt_tokens) == (
+            "partial 🎉",
+            "complete",
+            3,
+        )
+        assert (await store.get_conversation("alice", "c_1")).active_stream_id is None
+        roles = [m.role for m in await store.list_messages("c_1")]
+        assert roles == ["user", "assistant"]
+
+    run_with_store(store_url, body)
+
+
+def test_one_active_stream_per_conversation(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        await store.create_conversation("c_1", "alice", "t", None, None)
+        await store.begin_reply("alice", "c_1", "s_1", reply("m_1", "s_1"))
+        with pytest.raises(StreamInProgress):
+            await store.begin_reply("alice", "c_1", "s_2", reply("m_2", "s_2"))
+        assert [m.id for m in await store.list_messages("c_1")] == ["m_1u", "m_1"]
+        with pytest.raises(NotFound):
+            await store.begin_reply("bob", "c_1", "s_3", reply("m_3", "s_3"))
+
+    run_with_store(store_url, body)
+
+
+def test_regenerate_replaces_only_the_last_message(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        await store.create_conversation("c_1", "alice", "t", None, None)
+        await store.begin_reply("alice", "c_1", "s_1", reply("m_1", "s_1"))
+        await store.finish_reply(
+            "m_1", "c_1", "s_1", ReplyOutcome("x", "error", error_code="PROVIDER_ERROR")
+        )
+        with pytest.raises(InvalidRequest):
+            await store.begin_reply("alice", "c_1", "s_2", [], replace="m_1u")
+        assert (await store.get_conversation("alice", "c_1")).active_stream_id is None
+        new = [NewMessage("m_2", "assistant", "", "streaming", None, "s_3")]
+        await store.begin_reply("alice", "c_1", "s_3", new, replace="m_1")
+        assert [m.id for m in await store.list_messages("c_1")] == ["m_1u", "m_2"]
+        assert (await store.get_conversation("alice", "c_1")).active_stream_id == "s_3"
+
+    run_with_store(store_url, body)
+
+
+def test_list_is_newest_first_with_a_cursor(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        for i in range(5):
+            await store.create_conversation(f"c_{i}", "alice", f"t{i}", None, None)
+            await asyncio.sleep(0.002)
+        await store.create_conversation("c_bob", "bob", "b", None, None)
+        page, cursor = await store.list_conversations("alice", 2, None)
+        seen = [c.id for c in page]
+        while cursor:
+            page, cursor = await store.list_conversations("alice", 2, cursor)
+            seen += [c.id for c in page]
+        assert seen == ["c_4", "c_3", "c_2", "c_1", "c_0"]
+
+    run_with_store(store_url, body)
+
+
+def test_crash_recovery_marks_streaming_replies_interrupted(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        await store.create_conversation("c_1", "alice", "t", None, None)
+        await store.begin_reply("alice", "c_1", "s_1", reply("m_1", "s_1"))
+        await store.checkpoint([("m_1", "saved so far")])
+        assert await store.interrupt_all_streaming() == 1
+        message = await store.get_message("m_1")
+        assert message is not None
+        assert (message.status, message.error_code, message.content) == (
+            "interrupted",
+            "INTERRUPTED",
+            "saved so far",
+        )
+        assert (await store.get_conversation("alice", "c_1")).active_stream_id is None
+
+    run_with_store(store_url, body)
+
+
+def test_delete_returns_the_active_stream(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        await store.create_conversation("c_1", "alice", "t", None, None)
+        await store.begin_reply("alice", "c_1", "s_1", reply("m_1", "s_1"))
+        with pytest.raises(NotFound):
+            await store.delete_conversation("bob", "c_1")
+        assert await store.delete_conversation("alice", "c_1") == "s_1"
+        assert await store.list_messages("c_1") == []
+
+    run_with_store(store_url, body)
