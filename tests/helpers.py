@@ -46,3 +46,21 @@ def error_of(response: httpx2.Response) -> str:
     assert set(body) >= {"error"}, body
     assert set(body["error"]) == {"code", "message"}, body
     return str(body["error"]["code"])
+
+
+def wait_for_reply(
+    client: httpx2.Client, conversation_id: str, timeout: float = 30
+) -> dict[str, Any]:
+    """Poll until the conversation ends with a finished assistant message; returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        messages = conversation(client, conversation_id)["messages"]
+        if (
+            messages
+            and messages[-1]["role"] == "assistant"
+            and messages[-1]["status"] != "streaming"
+        ):
+            last: dict[str, Any] = messages[-1]
+            return last
+        assert time.monotonic() < deadline, "no finished reply"
+        time.sleep(0.02)

@@ -87,27 +87,59 @@ def _split_lines(chunks: Iterator[bytes]) -> Iterator[str]:
         yield buffer.decode("utf-8")
 
 
-def read(response: httpx2.Response, stop_after: int | None = None) -> Transcript:
-    """Read an SSE response to its end, or until ``stop_after`` events were received."""
-    transcript = Transcript(response.status_code, response.headers)
-    raw: list[bytes] = []
+class LiveStream:
+    """An open SSE response read in parts: ``take(n)`` events now, ``rest()`` later."""
 
-    def chunks() -> Iterator[bytes]:
-        for chunk in response.iter_raw():
-            raw.append(chunk)
+    def __init__(self, context: Any, response: httpx2.Response) -> None:
+        self._context = context
+        self.response = response
+        self._raw: list[bytes] = []
+        self._items = parse_lines(_split_lines(self._chunks()))
+
+    def _chunks(self) -> Iterator[bytes]:
+        for chunk in self.response.iter_raw():
+            self._raw.append(chunk)
             yield chunk
 
-    for kind, value in parse_lines(_split_lines(chunks())):
-        if kind == "event":
-            transcript.events.append(value)
-            if stop_after is not None and len(transcript.events) >= stop_after:
-                break
-        elif kind == "comment":
-            transcript.comments.append(value)
-        else:
-            transcript.retry = value
-    transcript.raw = b"".join(raw)
-    return transcript
+    def take(self, count: int | None = None) -> Transcript:
+        transcript = Transcript(self.response.status_code, self.response.headers)
+        for kind, value in self._items:
+            if kind == "event":
+                transcript.events.append(value)
+                if count is not None and len(transcript.events) >= count:
+                    break
+            elif kind == "comment":
+                transcript.comments.append(value)
+            else:
+                transcript.retry = value
+        transcript.raw = b"".join(self._raw)
+        self._raw.clear()
+        return transcript
+
+    def rest(self) -> Transcript:
+        return self.take(None)
+
+    def close(self) -> None:
+        self._context.__exit__(None, None, None)
+
+    def __enter__(self) -> LiveStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_stream(
+    client: httpx2.Client,
+    method: str,
+    url: str,
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> LiveStream:
+    all_headers = {"accept": "text/event-stream", **(headers or {})}
+    context = client.stream(method, url, headers=all_headers, **kwargs)
+    response = context.__enter__()
+    return LiveStream(context, response)
 
 
 def stream(
@@ -119,11 +151,11 @@ def stream(
     headers: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> Transcript:
-    all_headers = {"accept": "text/event-stream", **(headers or {})}
-    with client.stream(method, url, headers=all_headers, **kwargs) as response:
-        if response.status_code != 200:
-            response.read()
-            transcript = Transcript(response.status_code, response.headers)
-            transcript.raw = response.content
+    """Send a request and read its SSE reply to the end (or ``stop_after`` events)."""
+    with open_stream(client, method, url, headers, **kwargs) as live:
+        if live.response.status_code != 200:
+            live.response.read()
+            transcript = Transcript(live.response.status_code, live.response.headers)
+            transcript.raw = live.response.content
             return transcript
-        return read(response, stop_after)
+        return live.take(stop_after)

@@ -48,11 +48,12 @@ class StreamLog:
                     waiter.set_result(None)
         return len(self.events)
 
-    async def read(self, after: int, timeout: float) -> Sequence[Event]:
-        """Events with id > ``after``; waits up to ``timeout`` s for one (then returns [])."""
+    async def read(self, after: int, timeout: float, limit: int = 512) -> Sequence[Event]:
+        """Up to ``limit`` events with id > ``after``; waits up to ``timeout`` s for one
+        (then returns [])."""
         events = self.events
         if len(events) > after or self.finished:
-            return events[after:]
+            return events[after : after + limit]
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
@@ -63,7 +64,7 @@ class StreamLog:
             timer.cancel()
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
-        return self.events[after:]
+        return self.events[after : after + limit]
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -136,23 +136,30 @@ class ChatService:
                 conversation_id=conversation_id,
                 new_messages=new,
                 title=title,
+                remember_model=model_id if model else None,
                 stream_id=stream_id,
                 message_id=message_id,
             )
         )
 
     async def regenerate(self, user_id: str, conversation_id: str, model: str | None) -> Generation:
+        """Replace the last assistant reply (or answer a trailing user message), by default
+        with the model that wrote the reply being replaced."""
         conversation = await self.store.get_conversation(user_id, conversation_id)
-        provider, model_name, model_id = self.registry.resolve(model or conversation.model)
         if conversation.active_stream_id is not None:
             raise StreamInProgress("this conversation already has a reply streaming")
         history = await self.store.list_messages(conversation_id)
         replace = None
+        previous_model = None
         if history and history[-1].role == "assistant":
             replace = history[-1].id
+            previous_model = history[-1].model
             history = history[:-1]
         if not history or history[-1].role != "user":
             raise InvalidRequest("there is no message to reply to")
+        provider, model_name, model_id = self.registry.resolve(
+            model or previous_model or conversation.model
+        )
         prompt = _prompt(conversation, history)
         self._check_history_size(prompt)
         stream_id, message_id = new_id("s"), new_id("m")

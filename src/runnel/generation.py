@@ -60,6 +60,7 @@ class StartRequest:
     new_messages: Sequence[NewMessage] = ()
     replace: str | None = None
     title: str | None = None
+    remember_model: str | None = None
     stream_id: str = field(default_factory=lambda: new_id("s"))
     message_id: str = field(default_factory=lambda: new_id("m"))
 
@@ -254,6 +255,7 @@ class GenerationService:
             request.new_messages,
             replace=request.replace,
             title=request.title,
+            model=request.remember_model,
         )
 
     async def _relay(self, gen: Generation, stream: ProviderStream) -> Complete | Error:

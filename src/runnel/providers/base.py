@@ -51,6 +51,12 @@ class Provider(ABC):
     ) -> ProviderStream:
         """Start generating; return when the upstream accepted the request."""
 
+    def check_model(self, model: str) -> None:  # noqa: B027 - optional hook
+        """Raise ``ModelNotFound`` for a name this provider certainly does not serve.
+
+        Called before anything is stored; providers that can only learn it from the upstream
+        leave it to ``open``."""
+
     @abstractmethod
     async def list_models(self) -> list[str]:
         """Model names (without the provider prefix)."""

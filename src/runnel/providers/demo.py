@@ -78,11 +78,14 @@ class DemoProvider(Provider):
         self.first_token_delay = first_token_delay
         self.reply_tokens = reply_tokens
 
+    def check_model(self, model: str) -> None:
+        if model not in MODELS:
+            raise ModelNotFound(f"unknown model: {self.name}/{model}")
+
     async def open(
         self, model: str, messages: Sequence[ChatMessage], *, max_tokens: int
     ) -> _DemoStream:
-        if model not in MODELS:
-            raise ModelNotFound(f"unknown model: {self.name}/{model}")
+        self.check_model(model)
         prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         pieces = demo_reply(prompt, self.reply_tokens)
         prompt_tokens = sum(len(m["content"].split()) for m in messages)

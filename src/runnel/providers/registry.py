@@ -84,6 +84,7 @@ class Registry:
         provider = self.providers.get(match.group(1))
         if provider is None:
             raise ModelNotFound(f"unknown model: {model_id}")
+        provider.check_model(match.group(2))
         return provider, match.group(2), model_id
 
     async def list_models(self) -> list[ModelInfo]:

@@ -186,12 +186,14 @@ class Store:
         new: Sequence[NewMessage],
         replace: str | None = None,
         title: str | None = None,
+        model: str | None = None,
     ) -> None:
         """Claim the conversation for ``stream_id`` and insert ``new`` messages, atomically.
 
         Raises ``StreamInProgress`` when another stream holds the conversation, ``NotFound``
         when it is not the user's. ``replace`` names a message deleted in the same
-        transaction (regenerate); ``title`` renames a conversation still titled by default.
+        transaction (regenerate); ``title`` renames a conversation still titled by default;
+        ``model`` becomes the conversation's model (the person picked it for this message).
         """
         stamp = now_ms()
         async with self.engine.begin() as conn:
@@ -234,11 +236,13 @@ class Store:
                     }
                 )
             await conn.execute(insert(messages), rows)
-            if title is not None:
+            changes = {"title": title, "model": model}
+            changes = {k: v for k, v in changes.items() if v is not None}
+            if changes:
                 await conn.execute(
                     update(conversations)
                     .where(conversations.c.id == conversation_id)
-                    .values(title=title)
+                    .values(**changes)
                 )
 
     async def checkpoint(self, contents: Sequence[tuple[str, str]]) -> None:

@@ -1,0 +1,137 @@
+"""SIGTERM: streams finish within the grace period, or are stored ``interrupted``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2
+
+from tests.helpers import new_conversation
+from tests.sse_client import open_stream
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def runnel_process(data_dir: Path, **settings: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "RUNNEL_DATA_DIR": str(data_dir),
+        "RUNNEL_LOG_FORMAT": "json",
+        **{f"RUNNEL_{k.upper()}": v for k, v in settings.items()},
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runnel", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                if httpx2.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            assert time.monotonic() < deadline, "runnel did not start"
+            time.sleep(0.05)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
+
+
+def test_sigterm_lets_a_short_stream_finish(tmp_path: Path) -> None:
+    with runnel_process(
+        tmp_path, demo_tokens_per_second="20", demo_reply_tokens="30", shutdown_grace="10"
+    ) as (process, url):
+        with httpx2.Client(base_url=url, timeout=30) as client:
+            cid = new_conversation(client)
+            with open_stream(
+                client, "POST", f"/api/v1/conversations/{cid}/messages", json={"content": "hi"}
+            ) as live:
+                head = live.take(3)
+                process.send_signal(signal.SIGTERM)
+                tail = live.rest()
+        # uvicorn re-raises the signal after its graceful shutdown
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert tail.terminal.data["finishReason"] == "stop"
+    text = head.text + tail.text
+    with runnel_process(tmp_path) as (_, url), httpx2.Client(base_url=url) as client:
+        message = client.get(f"/api/v1/conversations/{cid}").json()["messages"][-1]
+    assert message["status"] == "complete"
+    assert message["content"] == text
+
+
+def test_sigterm_interrupts_a_long_stream_after_the_grace_period(tmp_path: Path) -> None:
+    with runnel_process(
+        tmp_path, demo_tokens_per_second="20", demo_reply_tokens="2000", shutdown_grace="0.5"
+    ) as (process, url):
+        with httpx2.Client(base_url=url, timeout=30) as client:
+            cid = new_conversation(client)
+            with open_stream(
+                client, "POST", f"/api/v1/conversations/{cid}/messages", json={"content": "hi"}
+            ) as live:
+                head = live.take(4)
+                process.send_signal(signal.SIGTERM)
+                tail = live.rest()
+        # uvicorn re-raises the signal after its graceful shutdown
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    error = tail.terminal.data
+    assert error["type"] == "error"
+    assert error["code"] == "INTERRUPTED"
+    assert error["partial"] is True
+    text = head.text + tail.text
+    with runnel_process(tmp_path) as (_, url), httpx2.Client(base_url=url) as client:
+        stored = client.get(f"/api/v1/conversations/{cid}").json()
+    message = stored["messages"][-1]
+    assert message["status"] == "interrupted"
+    assert message["error"]["code"] == "INTERRUPTED"
+    assert message["content"] == text
+    assert stored["activeStreamId"] is None
+
+
+def test_a_killed_process_leaves_the_last_checkpoint(tmp_path: Path) -> None:
+    with (
+        runnel_process(
+            tmp_path,
+            demo_tokens_per_second="40",
+            demo_reply_tokens="2000",
+            checkpoint_interval="0.2",
+        ) as (process, url),
+        httpx2.Client(base_url=url, timeout=30) as client,
+    ):
+        cid = new_conversation(client)
+        with open_stream(
+            client, "POST", f"/api/v1/conversations/{cid}/messages", json={"content": "hi"}
+        ) as live:
+            head = live.take(30)
+            time.sleep(0.5)
+            process.kill()
+            process.wait(timeout=30)
+    with runnel_process(tmp_path) as (_, url), httpx2.Client(base_url=url) as client:
+        stored = client.get(f"/api/v1/conversations/{cid}").json()
+    message = stored["messages"][-1]
+    assert message["status"] == "interrupted"
+    assert message["error"]["code"] == "INTERRUPTED"
+    assert message["content"].startswith(head.text)
+    assert stored["activeStreamId"] is None
