@@ -346,3 +346,20 @@ def test_overloaded(serve: ServeFactory, fake_openai: FakeOpenAI) -> None:
         assert second.status_code == 503
         assert error_of(second) == "OVERLOADED"
         client.post(f"/api/v1/streams/{first.events[0].data['streamId']}/cancel")
+
+
+def test_maximum_duration_ends_with_length(serve: ServeFactory, fake_openai: FakeOpenAI) -> None:
+    server = serve(max_stream_duration=0.6)
+    fake_openai.script("endless", Script(tokens=["a"] * 200, delay=0.05))
+    with httpx2.Client(base_url=server.url, timeout=30) as client:
+        cid = new_conversation(client)
+        t = post_sse(client, cid, "openai/endless")
+        message = wait_until_idle(client, cid)["messages"][-1]
+    assert t.terminal.data["finishReason"] == "length"
+    assert 0 < len(t.text) < 200
+    assert (message["status"], message["finishReason"], message["content"]) == (
+        "complete",
+        "length",
+        t.text,
+    )
+    assert fake_openai.requests[-1].closed.wait(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -26,7 +27,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def runnel_process(data_dir: Path, **settings: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def runnel_process(
+    data_dir: Path, output: list[str] | None = None, **settings: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -57,12 +60,15 @@ def runnel_process(data_dir: Path, **settings: str) -> Iterator[tuple[subprocess
     finally:
         if process.poll() is None:
             process.kill()
-        process.communicate(timeout=30)
+        printed = process.communicate(timeout=30)[0]
+        if output is not None:
+            output.extend(printed.splitlines())
 
 
 def test_sigterm_lets_a_short_stream_finish(tmp_path: Path) -> None:
+    output: list[str] = []
     with runnel_process(
-        tmp_path, demo_tokens_per_second="20", demo_reply_tokens="30", shutdown_grace="10"
+        tmp_path, output, demo_tokens_per_second="20", demo_reply_tokens="30", shutdown_grace="10"
     ) as (process, url):
         with httpx2.Client(base_url=url, timeout=30) as client:
             cid = new_conversation(client)
@@ -76,6 +82,16 @@ def test_sigterm_lets_a_short_stream_finish(tmp_path: Path) -> None:
         assert process.wait(timeout=30) in (0, -signal.SIGTERM)
     assert tail.terminal.data["finishReason"] == "stop"
     text = head.text + tail.text
+    stream_id = head.events[0].data["streamId"]
+    lines = [json.loads(line) for line in output if line.startswith("{")]
+    mine = {line["message"]: line for line in lines if line.get("streamId") == stream_id}
+    assert set(mine) >= {"stream started", "first token", "stream ended"}
+    assert all(line["conversationId"] == cid for line in mine.values())
+    assert all(line.get("requestId") for line in mine.values())
+    assert mine["first token"]["ttftMs"] >= 0
+    ended = mine["stream ended"]
+    assert (ended["outcome"], ended["tokens"]) == ("stop", 30)
+    assert ended["durationMs"] > 0
     with runnel_process(tmp_path) as (_, url), httpx2.Client(base_url=url) as client:
         message = client.get(f"/api/v1/conversations/{cid}").json()["messages"][-1]
     assert message["status"] == "complete"
