@@ -49,7 +49,9 @@ async def one_stream(port: int, path: str, body: dict[str, Any]) -> tuple[float,
         if not chunk:
             break
         window = tail + chunk
-        found = sum(window.count(m) for m in TOKEN_MARKERS) - sum(tail.count(m) for m in TOKEN_MARKERS)
+        found = sum(window.count(m) for m in TOKEN_MARKERS) - sum(
+            tail.count(m) for m in TOKEN_MARKERS
+        )
         if found and first is None:
             first = time.perf_counter() - started
         tokens += found
@@ -114,7 +116,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:
         command = ["taskset", "-c", "0", *command]
         os.sched_setaffinity(0, {1})
-    server = subprocess.Popen(command, env=env, cwd=ROOT)
+    server = subprocess.Popen(command, env=env, cwd=ROOT)  # noqa: ASYNC220 - started once
     try:
         for _ in range(300):
             try:
@@ -124,16 +126,28 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.05)
         chat = "/v1/chat/completions"
         relay = "/api/v1/messages"
-        direct_body = {"model": "instant", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        direct_body = {
+            "model": "instant",
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
         relay_body = {"message": "hi", "model": "openai/instant"}
         for _ in range(5):  # warm up both paths
             await one_stream(fake.port, chat, direct_body)
             await one_stream(port, relay, relay_body)
-        single_direct = [(await one_stream(fake.port, chat, direct_body))[0] * 1000 for _ in range(args.samples)]
-        single_relay = [(await one_stream(port, relay, relay_body))[0] * 1000 for _ in range(args.samples)]
+        single_direct = [
+            (await one_stream(fake.port, chat, direct_body))[0] * 1000 for _ in range(args.samples)
+        ]
+        single_relay = [
+            (await one_stream(port, relay, relay_body))[0] * 1000 for _ in range(args.samples)
+        ]
         cpu_before = cpu_seconds(server.pid)
-        paced_direct = await scenario(fake.port, chat, {**direct_body, "model": "paced"}, args.streams)
-        paced_relay = await scenario(port, relay, {**relay_body, "model": "openai/paced"}, args.streams)
+        paced_direct = await scenario(
+            fake.port, chat, {**direct_body, "model": "paced"}, args.streams
+        )
+        paced_relay = await scenario(
+            port, relay, {**relay_body, "model": "openai/paced"}, args.streams
+        )
         cpu = cpu_seconds(server.pid) - cpu_before
         rss = rss_kb(server.pid)
     finally:
@@ -172,10 +186,9 @@ def report(result: dict[str, Any]) -> None:
             f"{name:<20}{row['ttft_ms_p50']:>10.2f}{row['ttft_ms_p99']:>10.2f}"
             f"{row['total_s_max']:>11.2f}{row['token_events']:>14}"
         )
-    print(
-        f"Runnel CPU: {result['runnel_cpu_s']:.2f} s = {result['runnel_cpu_us_per_token']:.0f} µs/token"
-        f" (all-in: HTTP, openai request, event log, SSE, checkpoints); RSS {result['runnel_rss_mb_after']:.0f} MB"
-    )
+    cpu, per_token = result["runnel_cpu_s"], result["runnel_cpu_us_per_token"]
+    print(f"Runnel CPU: {cpu:.2f} s = {per_token:.0f} µs/token all-in (HTTP, upstream request,")
+    print(f"event log, SSE, checkpoints); RSS after: {result['runnel_rss_mb_after']:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -200,3 +200,28 @@ def test_request_id_is_echoed(client: httpx2.Client) -> None:
     made = client.get("/healthz", headers={"x-request-id": "bad id with spaces"})
     assert made.headers["x-request-id"] != "bad id with spaces"
     assert len(made.headers["x-request-id"]) == 16
+
+
+def test_a_long_conversation_sends_its_most_recent_turns(
+    serve: ServeFactory, fake_openai: FakeOpenAI
+) -> None:
+    server = serve(max_history_messages=3)
+    fake_openai.script("m", Script(tokens=["ok"]))
+    with httpx2.Client(base_url=server.url, timeout=30) as client:
+        cid = new_conversation(client, systemPrompt="sys", model="openai/m")
+        for word in ("one", "two", "three"):
+            response = client.post(f"/api/v1/conversations/{cid}/messages", json={"content": word})
+            assert response.status_code == 200
+    assert fake_openai.requests[-1].body["messages"] == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "three"},
+    ]
+    # the second request's window would start with an assistant message: it is dropped
+    assert fake_openai.requests[-2].body["messages"] == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "two"},
+    ]

@@ -221,7 +221,7 @@ def test_json_reply_of_a_failed_stream(client: httpx2.Client, fake_openai: FakeO
     assert response.status_code == 502
     body = response.json()
     assert body["error"]["code"] == "INTERRUPTED"
-    assert body["partial"] == "ab"
+    assert body["content"] == "ab"
     assert wait_until_idle(client, cid)["messages"][-1]["content"] == "ab"
 
 

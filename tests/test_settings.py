@@ -8,6 +8,7 @@ import httpx2
 import pytest
 from pydantic import ValidationError
 
+from runnel.api.app import create_app
 from runnel.settings import Settings, parse_api_tokens
 from tests.conftest import TEST_SETTINGS
 from tests.fakes.openai_server import FakeOpenAI, Script
@@ -78,3 +79,19 @@ def test_a_named_provider_from_toml_streams(
     assert [m["id"] for m in models["data"]] == ["demo/markdown", "local/m1", "local/m2"]
     assert t.text == "from local"
     assert fake_openai.requests[-1].headers["authorization"] == "Bearer sk-local"
+
+
+def test_unknown_toml_keys_and_a_bad_default_model_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "runnel.toml"
+    config.write_text("first_token_timout = 5\n")
+    monkeypatch.setenv("RUNNEL_CONFIG", str(config))
+    with pytest.raises(ValueError, match="first_token_timout"):
+        Settings()
+    config.write_text('[providers.x]\ntype = "openai"\nbase_ur = "http://x"\n')
+    with pytest.raises(ValidationError):
+        Settings()
+    monkeypatch.delenv("RUNNEL_CONFIG")
+    with pytest.raises(ValueError, match="invalid default model"):
+        create_app(Settings(data_dir=tmp_path, default_model="nowhere/model"))

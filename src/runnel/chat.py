@@ -115,9 +115,7 @@ class ChatService:
         if conversation.active_stream_id is not None:
             raise StreamInProgress("this conversation already has a reply streaming")
         history = await self.store.list_messages(conversation_id)
-        prompt = _prompt(conversation, history)
-        prompt.append({"role": "user", "content": content})
-        self._check_history_size(prompt)
+        prompt = self._window(_prompt(conversation, history, content))
         title = None
         if not history and conversation.title == DEFAULT_TITLE:
             title = _title(content)
@@ -160,8 +158,7 @@ class ChatService:
         provider, model_name, model_id = self.registry.resolve(
             model or previous_model or conversation.model
         )
-        prompt = _prompt(conversation, history)
-        self._check_history_size(prompt)
+        prompt = self._window(_prompt(conversation, history))
         stream_id, message_id = new_id("s"), new_id("m")
         new = [NewMessage(message_id, "assistant", "", "streaming", model_id, stream_id)]
         return await self.generations.start(
@@ -222,6 +219,28 @@ class ChatService:
                 f"{what} is too long ({len(text)} characters; the limit is {limit})"
             )
 
+    def _window(self, prompt: list[ChatMessage]) -> list[ChatMessage]:
+        """The most recent part of a stored conversation that fits the history limits.
+
+        The system prompt is always kept; older turns are dropped first, and the window never
+        starts with an assistant message. The newest message must fit on its own."""
+        system = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
+        turns = prompt[len(system) :]
+        budget = self.settings.max_history_chars - sum(len(m["content"]) for m in system)
+        kept = 0
+        for message in reversed(turns):
+            size = len(message["content"])
+            if kept == self.settings.max_history_messages or size > budget:
+                break
+            budget -= size
+            kept += 1
+        window = turns[len(turns) - kept :]
+        while window and window[0]["role"] == "assistant":
+            window = window[1:]
+        if not window:
+            raise InvalidRequest("the message does not fit in the history limits")
+        return system + window
+
     def _check_history_size(self, prompt: Sequence[ChatMessage]) -> None:
         total = sum(len(m["content"]) for m in prompt)
         if total > self.settings.max_history_chars:
@@ -231,7 +250,9 @@ class ChatService:
             )
 
 
-def _prompt(conversation: Conversation, history: Sequence[Message]) -> list[ChatMessage]:
+def _prompt(
+    conversation: Conversation, history: Sequence[Message], new: str | None = None
+) -> list[ChatMessage]:
     prompt: list[ChatMessage] = []
     if conversation.system_prompt:
         prompt.append({"role": "system", "content": conversation.system_prompt})
@@ -239,6 +260,8 @@ def _prompt(conversation: Conversation, history: Sequence[Message]) -> list[Chat
         if message.role == "assistant" and not message.content:
             continue
         prompt.append({"role": message.role, "content": message.content})
+    if new is not None:
+        prompt.append({"role": "user", "content": new})
     return prompt
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +24,8 @@ from pydantic_settings import (
 
 class ProviderConfig(BaseModel):
     """One named provider from the TOML file (``[providers.ollama]``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     type: Literal["openai", "demo"] = "openai"
     base_url: str | None = None
@@ -90,6 +92,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
 
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
     @field_validator("api_tokens")
     @classmethod
     def _check_tokens(cls, value: str | None) -> str | None:
@@ -111,7 +118,11 @@ class Settings(BaseSettings):
         if path is not None:
             if not path.is_file():
                 raise ValueError(f"RUNNEL_CONFIG names a file that does not exist: {path}")
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
+            unknown = sorted(set(toml.toml_data) - set(settings_cls.model_fields))
+            if unknown:
+                raise ValueError(f"unknown settings in {path}: {', '.join(unknown)}")
+            sources.append(toml)
         return tuple(sources)
 
     @property

@@ -16,6 +16,7 @@ from runnel.api.deps import Services
 from runnel.api.middleware import RequestIdMiddleware
 from runnel.broker import MemoryBroker
 from runnel.chat import ChatService
+from runnel.errors import RunnelError
 from runnel.generation import GenerationService
 from runnel.providers.registry import Registry
 from runnel.settings import Settings
@@ -25,8 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> FastAPI:
+    """Raises ``ValueError`` for a configuration that cannot work."""
     if settings.redis_url:
         raise ValueError("RUNNEL_REDIS_URL is not supported by this version yet; unset it")
+    try:
+        registry = Registry.from_settings(settings)
+    except RunnelError as exc:
+        raise ValueError(f"invalid default model: {exc.message}") from exc
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -36,7 +42,6 @@ def create_app(settings: Settings) -> FastAPI:
         if recovered:
             log.warning("marked %d unfinished replies as interrupted", recovered)
         broker = MemoryBroker(settings.stream_retention)
-        registry = Registry.from_settings(settings)
         generations = GenerationService(settings, store, broker)
         chat = ChatService(settings, store, broker, generations, registry)
         app.state.runnel = Services(

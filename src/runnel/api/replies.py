@@ -59,7 +59,7 @@ async def finished_reply(log: StreamLog) -> JSONResponse:
             return JSONResponse(
                 {
                     "error": {"code": event.code, "message": event.message},
-                    "partial": "".join(pieces),
+                    "content": "".join(pieces),
                     "messageId": event.message_id,
                     "streamId": log.meta.stream_id,
                 },

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 ProviderFactory = Callable[[str, ProviderConfig, Settings], Provider]
 MODEL_ID = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/(\S{1,200})$")
 DEMO_MODEL = "demo/markdown"
+OPENAI_API = "https://api.openai.com/v1"
+OPENAI_DEFAULT_MODEL = "gpt-4o-mini"
 LIST_TIMEOUT = 5.0
 
 
@@ -39,7 +41,7 @@ def _openai(name: str, config: ProviderConfig, settings: Settings) -> Provider:
     return OpenAIProvider(
         name,
         api_key=config.resolved_api_key(),
-        base_url=config.base_url,
+        base_url=config.base_url or OPENAI_API,
         models=config.models,
         timeout=config.timeout,
     )
@@ -113,6 +115,7 @@ def _default_model(settings: Settings, configs: dict[str, ProviderConfig]) -> st
     for name, config in configs.items():
         if config.type != "demo" and config.models:
             return f"{name}/{config.models[0]}"
-    if "openai" in configs and not settings.openai_base_url:
-        return "openai/gpt-4o-mini"
+    for name, config in configs.items():
+        if config.type == "openai" and config.base_url in (None, OPENAI_API):
+            return f"{name}/{OPENAI_DEFAULT_MODEL}"
     return DEMO_MODEL
