@@ -268,8 +268,9 @@ class GenerationService:
         limit = self.settings.max_output_tokens
         monotonic = time.monotonic
         finish: Finish | None = None
+        deltas = aiter(stream)
         try:
-            async for delta in stream:
+            async for delta in deltas:
                 if type(delta) is str:
                     if not delta:
                         continue
@@ -295,6 +296,10 @@ class GenerationService:
                     break
         except RunnelError as exc:
             return self._error(gen, exc)
+        finally:
+            close = getattr(deltas, "aclose", None)
+            if close is not None:
+                await close()
         if finish is None:
             return self._error(gen, Interrupted("the model's stream ended unexpectedly"))
         return self._complete(gen, finish.reason, finish.usage)
