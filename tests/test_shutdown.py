@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx2
 
 from tests.helpers import new_conversation
-from tests.sse_client import open_stream
+from tests.sse_client import Transcript, open_stream
 
 
 def free_port() -> int:
@@ -65,21 +65,29 @@ def runnel_process(
             output.extend(printed.splitlines())
 
 
+def sigterm_mid_stream(
+    process: subprocess.Popen[str], url: str, after: int
+) -> tuple[str, Transcript, Transcript]:
+    """Start a reply, read ``after`` events, send SIGTERM, read the rest; wait for the exit."""
+    with httpx2.Client(base_url=url, timeout=30) as client:
+        cid = new_conversation(client)
+        with open_stream(
+            client, "POST", f"/api/v1/conversations/{cid}/messages", json={"content": "hi"}
+        ) as live:
+            head = live.take(after)
+            process.send_signal(signal.SIGTERM)
+            tail = live.rest()
+    # uvicorn re-raises the signal after its graceful shutdown
+    assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    return cid, head, tail
+
+
 def test_sigterm_lets_a_short_stream_finish(tmp_path: Path) -> None:
     output: list[str] = []
     with runnel_process(
         tmp_path, output, demo_tokens_per_second="20", demo_reply_tokens="30", shutdown_grace="10"
     ) as (process, url):
-        with httpx2.Client(base_url=url, timeout=30) as client:
-            cid = new_conversation(client)
-            with open_stream(
-                client, "POST", f"/api/v1/conversations/{cid}/messages", json={"content": "hi"}
-            ) as live:
-                head = live.take(3)
-                process.send_signal(signal.SIGTERM)
-                tail = live.rest()
-        # uvicorn re-raises the signal after its graceful shutdown
-        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+        cid, head, tail = sigterm_mid_stream(process, url, 3)
     assert tail.terminal.data["finishReason"] == "stop"
     text = head.text + tail.text
     stream_id = head.events[0].data["streamId"]
@@ -102,16 +110,7 @@ def test_sigterm_interrupts_a_long_stream_after_the_grace_period(tmp_path: Path)
     with runnel_process(
         tmp_path, demo_tokens_per_second="20", demo_reply_tokens="2000", shutdown_grace="0.5"
     ) as (process, url):
-        with httpx2.Client(base_url=url, timeout=30) as client:
-            cid = new_conversation(client)
-            with open_stream(
-                client, "POST", f"/api/v1/conversations/{cid}/messages", json={"content": "hi"}
-            ) as live:
-                head = live.take(4)
-                process.send_signal(signal.SIGTERM)
-                tail = live.rest()
-        # uvicorn re-raises the signal after its graceful shutdown
-        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+        cid, head, tail = sigterm_mid_stream(process, url, 4)
     error = tail.terminal.data
     assert error["type"] == "error"
     assert error["code"] == "INTERRUPTED"

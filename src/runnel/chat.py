@@ -16,7 +16,7 @@ from runnel.broker import MemoryBroker, StreamLog
 from runnel.errors import InvalidRequest, NotFound, StreamInProgress
 from runnel.generation import Generation, GenerationService, StartRequest
 from runnel.ids import new_id
-from runnel.providers.base import ChatMessage
+from runnel.providers.base import ChatMessage, Provider
 from runnel.providers.registry import Registry
 from runnel.settings import Settings
 from runnel.store.records import Conversation, Message, NewMessage
@@ -110,42 +110,24 @@ class ChatService:
         self, user_id: str, conversation_id: str, content: str, model: str | None
     ) -> Generation:
         self._check_message(content)
-        conversation = await self.store.get_conversation(user_id, conversation_id)
+        conversation = await self._idle_conversation(user_id, conversation_id)
         provider, model_name, model_id = self.registry.resolve(model or conversation.model)
-        if conversation.active_stream_id is not None:
-            raise StreamInProgress("this conversation already has a reply streaming")
         history = await self.store.list_messages(conversation_id)
-        prompt = self._window(_prompt(conversation, history, content))
-        title = None
-        if not history and conversation.title == DEFAULT_TITLE:
-            title = _title(content)
-        stream_id, message_id = new_id("s"), new_id("m")
-        new = [
-            NewMessage(new_id("m"), "user", content, "complete"),
-            NewMessage(message_id, "assistant", "", "streaming", model_id, stream_id),
-        ]
-        return await self.generations.start(
-            StartRequest(
-                user_id,
-                provider,
-                model_name,
-                model_id,
-                prompt,
-                conversation_id=conversation_id,
-                new_messages=new,
-                title=title,
-                remember_model=model_id if model else None,
-                stream_id=stream_id,
-                message_id=message_id,
-            )
+        title = _title(content) if not history and conversation.title == DEFAULT_TITLE else None
+        return await self._reply(
+            user_id,
+            conversation_id,
+            (provider, model_name, model_id),
+            self._window(_prompt(conversation, history, content)),
+            user_message=content,
+            title=title,
+            remember_model=model_id if model else None,
         )
 
     async def regenerate(self, user_id: str, conversation_id: str, model: str | None) -> Generation:
         """Replace the last assistant reply (or answer a trailing user message), by default
         with the model that wrote the reply being replaced."""
-        conversation = await self.store.get_conversation(user_id, conversation_id)
-        if conversation.active_stream_id is not None:
-            raise StreamInProgress("this conversation already has a reply streaming")
+        conversation = await self._idle_conversation(user_id, conversation_id)
         history = await self.store.list_messages(conversation_id)
         replace = None
         previous_model = None
@@ -155,12 +137,40 @@ class ChatService:
             history = history[:-1]
         if not history or history[-1].role != "user":
             raise InvalidRequest("there is no message to reply to")
-        provider, model_name, model_id = self.registry.resolve(
-            model or previous_model or conversation.model
+        resolved = self.registry.resolve(model or previous_model or conversation.model)
+        return await self._reply(
+            user_id,
+            conversation_id,
+            resolved,
+            self._window(_prompt(conversation, history)),
+            replace=replace,
         )
-        prompt = self._window(_prompt(conversation, history))
+
+    async def _idle_conversation(self, user_id: str, conversation_id: str) -> Conversation:
+        """The conversation, if it has no reply streaming (a fast check; the store's claim
+        in ``begin_reply`` is what really guarantees one stream per conversation)."""
+        conversation = await self.store.get_conversation(user_id, conversation_id)
+        if conversation.active_stream_id is not None:
+            raise StreamInProgress("this conversation already has a reply streaming")
+        return conversation
+
+    async def _reply(
+        self,
+        user_id: str,
+        conversation_id: str,
+        resolved: tuple[Provider, str, str],
+        prompt: list[ChatMessage],
+        *,
+        user_message: str | None = None,
+        replace: str | None = None,
+        title: str | None = None,
+        remember_model: str | None = None,
+    ) -> Generation:
+        provider, model_name, model_id = resolved
         stream_id, message_id = new_id("s"), new_id("m")
         new = [NewMessage(message_id, "assistant", "", "streaming", model_id, stream_id)]
+        if user_message is not None:
+            new.insert(0, NewMessage(new_id("m"), "user", user_message, "complete"))
         return await self.generations.start(
             StartRequest(
                 user_id,
@@ -171,6 +181,8 @@ class ChatService:
                 conversation_id=conversation_id,
                 new_messages=new,
                 replace=replace,
+                title=title,
+                remember_model=remember_model,
                 stream_id=stream_id,
                 message_id=message_id,
             )

@@ -227,22 +227,18 @@ class GenerationService:
         stream: ProviderStream | None,
         opening: asyncio.Future[ProviderStream],
     ) -> None:
-        gen.phase = "finishing"
-        await asyncio.shield(self._close_and_finish(gen, outcome, stream, opening))
+        """Close the upstream and record the outcome; a second cancel cannot cut this short."""
 
-    async def _close_and_finish(
-        self,
-        gen: Generation,
-        outcome: Complete | Error,
-        stream: ProviderStream | None,
-        opening: asyncio.Future[ProviderStream],
-    ) -> None:
-        if stream is not None:
-            await _quietly_close(stream)
-        else:
-            opening.cancel()
-            await _close_when_opened(opening)
-        await self._finish(gen, outcome)
+        async def close_and_finish() -> None:
+            if stream is not None:
+                await _quietly_close(stream)
+            else:
+                opening.cancel()
+                await _close_when_opened(opening)
+            await self._finish(gen, outcome)
+
+        gen.phase = "finishing"
+        await asyncio.shield(close_and_finish())
 
     async def _begin(self, gen: Generation) -> None:
         request = gen.request
