@@ -37,7 +37,7 @@ async def one_stream(port: int, path: str, body: dict[str, Any]) -> tuple[float,
     started = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
-        b"POST %s HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\n"
+        b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\naccept: text/event-stream\r\n"
         b"content-type: application/json\r\nauthorization: Bearer sk-bench\r\n"
         b"content-length: %d\r\n\r\n%s" % (path.encode(), len(payload), payload)
     )

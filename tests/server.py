@@ -27,6 +27,18 @@ class RunningServer:
         found: Services = self.app.state.runnel
         return found
 
+    def drop_connections(self) -> None:
+        """Abort every open client connection, as a network failure would."""
+        loop = self.server.servers[0].get_loop()
+
+        def abort_all() -> None:
+            for connection in list(self.server.server_state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.abort()
+
+        loop.call_soon_threadsafe(abort_all)
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from pathlib import Path
 
 import httpx2
 import pytest
+from sqlalchemy import text
 
+from runnel.store.sql import Store
 from tests.conftest import ServeFactory
 from tests.fakes.openai_server import FakeOpenAI, Script
 from tests.helpers import conversation, error_of, new_conversation, wait_until_idle
-from tests.sse_client import stream
+from tests.server import RunningServer
+from tests.sse_client import open_stream, stream
 
 
 def post_sse(client: httpx2.Client, cid: str, model: str, content: str = "hi"):  # type: ignore[no-untyped-def]
@@ -49,6 +54,21 @@ def post_sse(client: httpx2.Client, cid: str, model: str, content: str = "hi"): 
             False,
         ),
         (Script(status=404), 400, "MODEL_NOT_FOUND", False),
+        (
+            Script(
+                status=429,
+                error_body={
+                    "error": {
+                        "message": "You exceeded your current quota",
+                        "type": "insufficient_quota",
+                        "code": "insufficient_quota",
+                    }
+                },
+            ),
+            502,
+            "PROVIDER_ERROR",
+            False,
+        ),
     ],
 )
 def test_upstream_http_errors_before_the_stream(
@@ -363,3 +383,121 @@ def test_maximum_duration_ends_with_length(serve: ServeFactory, fake_openai: Fak
         t.text,
     )
     assert fake_openai.requests[-1].closed.wait(2)
+
+
+def test_text_that_is_not_unicode_is_refused(
+    client: httpx2.Client, fake_openai: FakeOpenAI
+) -> None:
+    cid = new_conversation(client)
+    raw = b'{"content": "x \\ud800 y", "model": "openai/m"}'
+    response = client.post(
+        f"/api/v1/conversations/{cid}/messages",
+        content=raw,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert error_of(response) == "INVALID_REQUEST"
+    stateless = client.post(
+        "/api/v1/messages",
+        content=b'{"message": "\\udfff"}',
+        headers={"content-type": "application/json"},
+    )
+    assert stateless.status_code == 400
+    assert conversation(client, cid)["messages"] == []
+    assert not fake_openai.requests
+
+
+def test_a_request_that_cannot_be_built_harms_no_other_stream(
+    serve: ServeFactory, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    config = tmp_path / "runnel.toml"
+    config.write_text(
+        f'[providers.bad]\ntype = "openai"\nbase_url = "{fake_openai.url}"\napi_key = "sk-\u00fc"\n'
+    )
+    server = serve(config=config)
+    fake_openai.script("slow", Script(tokens=["x"] * 30, delay=0.03))
+    with httpx2.Client(base_url=server.url, timeout=30) as client:
+        bystander = new_conversation(client)
+        with open_stream(
+            client,
+            "POST",
+            f"/api/v1/conversations/{bystander}/messages",
+            json={"content": "hi", "model": "openai/slow"},
+        ) as live:
+            live.take(2)
+            cid = new_conversation(client)
+            broken = client.post(
+                f"/api/v1/conversations/{cid}/messages", json={"content": "hi", "model": "bad/m"}
+            )
+            assert broken.status_code == 502
+            assert error_of(broken) == "PROVIDER_ERROR"
+            rest = live.rest()
+        assert rest.terminal.data["finishReason"] == "stop"
+        assert wait_until_idle(client, cid)["messages"][-1]["error"]["code"] == "PROVIDER_ERROR"
+        assert client.post("/api/v1/messages", json={"message": "still up"}).status_code == 200
+
+
+def test_garbage_shapes_in_chunks_are_provider_errors(
+    client: httpx2.Client, fake_openai: FakeOpenAI
+) -> None:
+    for garbage in (
+        b'data: {"choices": ["x"]}\n\n',
+        b'data: {"choices": [{"delta": {"content": 5}}]}\n\n',
+        b'data: {"choices": [], "usage": {"prompt_tokens": "many"}}\n\n',
+        b"data: [1, 2]\n\n",
+    ):
+        fake_openai.script("junk", Script(tokens=["ok", garbage]))
+        cid = new_conversation(client)
+        t = post_sse(client, cid, "openai/junk")
+        assert t.terminal.data["code"] == "PROVIDER_ERROR", garbage
+        assert wait_until_idle(client, cid)["messages"][-1]["content"] == "ok"
+
+
+def test_a_stale_claim_is_taken_over(server: RunningServer, client: httpx2.Client) -> None:
+    """A conversation left claimed by a stream that no longer runs (its outcome could not
+    be stored) accepts a new message; the dead reply is marked interrupted."""
+    cid = new_conversation(client)
+    client.post(f"/api/v1/conversations/{cid}/messages", json={"content": "first"})
+    dead = conversation(client, cid)["messages"][-1]
+
+    async def break_it() -> None:
+        store = Store(server.settings.database)
+        await store.open()
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE conversations SET active_stream_id = :s WHERE id = :c"),
+                {"s": dead["streamId"], "c": cid},
+            )
+            await conn.execute(
+                text("UPDATE messages SET status = 'streaming' WHERE id = :m"), {"m": dead["id"]}
+            )
+        await store.close()
+
+    asyncio.run(break_it())
+    assert conversation(client, cid)["activeStreamId"] == dead["streamId"]
+    response = client.post(f"/api/v1/conversations/{cid}/messages", json={"content": "again"})
+    assert response.status_code == 200
+    messages = wait_until_idle(client, cid)["messages"]
+    assert [m["status"] for m in messages] == ["complete", "interrupted", "complete", "complete"]
+
+
+def test_foreign_host_headers_are_refused_without_tokens(serve: ServeFactory) -> None:
+    open_server = serve()
+    with httpx2.Client(base_url=open_server.url, timeout=30) as client:
+        evil = client.get("/api/v1/conversations", headers={"host": "rebound.example"})
+        assert evil.status_code == 403
+        assert error_of(evil) == "FORBIDDEN"
+        assert (
+            client.get("/api/v1/conversations", headers={"host": "localhost:8000"}).status_code
+            == 200
+        )
+        assert client.get("/healthz", headers={"host": "[::1]:8000"}).status_code == 200
+    listed = serve(allowed_hosts="chat.internal")
+    with httpx2.Client(base_url=listed.url, timeout=30) as client:
+        assert client.get("/healthz", headers={"host": "chat.internal"}).status_code == 200
+    guarded = serve(api_tokens="t:alice")
+    with httpx2.Client(base_url=guarded.url, timeout=30) as client:
+        named = client.get(
+            "/api/v1/conversations", headers={"host": "chat.example", "authorization": "Bearer t"}
+        )
+        assert named.status_code == 200

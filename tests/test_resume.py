@@ -26,17 +26,17 @@ def resume(client: httpx2.Client, via: str, ids: dict[str, str], after: int) -> 
 def check_continuation(first: Transcript, cut: int, rest: Transcript, full_text: str) -> None:
     """``rest`` continues ``first`` after its ``cut`` events: no duplicate, no gap."""
     after = first.events[cut - 1].id if cut else 0
+    if cut == len(first.events):
+        assert rest.status == 204, "a finished stream read to its end answers 204"
+        return
     assert rest.status == 200
     ids = [e.id for e in rest.events]
     assert all(i is not None and i > (after or 0) for i in ids)
     assert ids == sorted(set(ids))
     seen = "".join(e.data["content"] for e in first.events[:cut] if e.type == "token")
     assert seen + rest.text == full_text
-    if rest.events:
-        assert rest.events[-1].id == first.events[-1].id
-        assert rest.events[-1].data == first.events[-1].data
-    else:
-        assert cut == len(first.events)
+    assert rest.events[-1].id == first.events[-1].id
+    assert rest.events[-1].data == first.events[-1].data
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ def test_a_stalled_reader_is_bounded_and_isolated(
         stalled.connect((host, int(port)))
         body = b'{"content": "big", "model": "openai/big"}'
         stalled.sendall(
-            b"POST /api/v1/conversations/%s/messages HTTP/1.1\r\nhost: x\r\n"
+            b"POST /api/v1/conversations/%s/messages HTTP/1.1\r\nhost: 127.0.0.1\r\n"
             b"accept: text/event-stream\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\n\r\n%s" % (stalled_cid.encode(), len(body), body)
         )

@@ -116,7 +116,7 @@ class ChatService:
         title = _title(content) if not history and conversation.title == DEFAULT_TITLE else None
         return await self._reply(
             user_id,
-            conversation_id,
+            conversation,
             (provider, model_name, model_id),
             self._window(_prompt(conversation, history, content)),
             user_message=content,
@@ -140,7 +140,7 @@ class ChatService:
         resolved = self.registry.resolve(model or previous_model or conversation.model)
         return await self._reply(
             user_id,
-            conversation_id,
+            conversation,
             resolved,
             self._window(_prompt(conversation, history)),
             replace=replace,
@@ -150,14 +150,15 @@ class ChatService:
         """The conversation, if it has no reply streaming (a fast check; the store's claim
         in ``begin_reply`` is what really guarantees one stream per conversation)."""
         conversation = await self.store.get_conversation(user_id, conversation_id)
-        if conversation.active_stream_id is not None:
+        active = conversation.active_stream_id
+        if active is not None and self.generations.is_running(active):
             raise StreamInProgress("this conversation already has a reply streaming")
         return conversation
 
     async def _reply(
         self,
         user_id: str,
-        conversation_id: str,
+        conversation: Conversation,
         resolved: tuple[Provider, str, str],
         prompt: list[ChatMessage],
         *,
@@ -178,11 +179,12 @@ class ChatService:
                 model_name,
                 model_id,
                 prompt,
-                conversation_id=conversation_id,
+                conversation_id=conversation.id,
                 new_messages=new,
                 replace=replace,
                 title=title,
                 remember_model=remember_model,
+                stale_claim=conversation.active_stream_id,
                 stream_id=stream_id,
                 message_id=message_id,
             )
@@ -225,6 +227,7 @@ class ChatService:
         self._check_length(content, "message")
 
     def _check_length(self, text: str, what: str) -> None:
+        _check_unicode(text, what)
         limit = self.settings.max_message_chars
         if len(text) > limit:
             raise InvalidRequest(
@@ -277,8 +280,17 @@ def _prompt(
     return prompt
 
 
+def _check_unicode(text: str, what: str) -> None:
+    """Lone UTF-16 surrogates (``"\\ud800"`` in JSON) are not text; refuse them at the door."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(f"{what} is not valid Unicode text") from exc
+
+
 def _title(text: str | None) -> str | None:
     if text is None:
         return None
+    _check_unicode(text, "title")
     line = " ".join(text.split())
     return line[: TITLE_LENGTH - 1] + "…" if len(line) > TITLE_LENGTH else line

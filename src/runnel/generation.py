@@ -34,11 +34,12 @@ from runnel.ids import new_id
 from runnel.providers.base import ChatMessage, Finish, Provider, ProviderStream
 from runnel.settings import Settings
 from runnel.store.records import NewMessage, ReplyOutcome
-from runnel.store.sql import Store
+from runnel.store.sql import STORE_ERRORS, Store
 
 log = logging.getLogger(__name__)
 
 Phase = Literal["starting", "opening", "streaming", "finishing", "done"]
+FINISH_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class StartRequest:
     replace: str | None = None
     title: str | None = None
     remember_model: str | None = None
+    stale_claim: str | None = None
     stream_id: str = field(default_factory=lambda: new_id("s"))
     message_id: str = field(default_factory=lambda: new_id("m"))
 
@@ -93,18 +95,23 @@ class GenerationService:
         self.store = store
         self.broker = broker
         self._active: dict[str, Generation] = {}
-        self._tasks: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
+        self._started = False
         self._draining = False
 
     # lifecycle
 
-    async def run(self, tasks: asyncio.TaskGroup) -> None:
-        """Start the watchdog and checkpoint loops in ``tasks``; generations go there too."""
-        self._tasks = tasks
+    def start_loops(self) -> None:
+        """Start the watchdog and checkpoint loops; ``shutdown`` ends them.
+
+        The service owns its tasks (the loops and one per generation) and ``shutdown``
+        awaits them all. They are deliberately not in a ``TaskGroup``: a failing task must
+        never cancel its siblings — one bad request must not end every stream."""
+        self._started = True
         self._loops = [
-            tasks.create_task(self._watchdog_loop(), name="runnel-watchdog"),
-            tasks.create_task(self._checkpoint_loop(), name="runnel-checkpoints"),
+            asyncio.create_task(self._watchdog_loop(), name="runnel-watchdog"),
+            asyncio.create_task(self._checkpoint_loop(), name="runnel-checkpoints"),
         ]
 
     async def shutdown(self, grace: float) -> None:
@@ -116,11 +123,11 @@ class GenerationService:
             await asyncio.wait(running, timeout=grace)
         for gen in list(self._active.values()):
             self._abort(gen, Interrupted("the server is shutting down"))
-        running = [g.task for g in self._active.values() if g.task is not None]
-        if running:
-            await asyncio.wait(running)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
         for loop_task in self._loops:
             loop_task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
 
     @property
     def active_count(self) -> int:
@@ -129,6 +136,12 @@ class GenerationService:
     def get(self, stream_id: str) -> Generation | None:
         return self._active.get(stream_id)
 
+    def is_running(self, stream_id: str) -> bool:
+        """Whether ``stream_id`` is generating. With the in-process broker only this process
+        generates, so a conversation claimed by a stream that is not running here holds a
+        stale claim (its outcome could not be stored) and may be claimed again."""
+        return stream_id in self._active
+
     # starting and stopping
 
     async def start(self, request: StartRequest) -> Generation:
@@ -136,8 +149,8 @@ class GenerationService:
             raise Overloaded("the server is shutting down; try again shortly")
         if len(self._active) >= self.settings.max_active_streams:
             raise Overloaded("the server is at its stream capacity; try again shortly")
-        if self._tasks is None:
-            raise RuntimeError("GenerationService.run was not called")
+        if not self._started:
+            raise RuntimeError("GenerationService.start_loops was not called")
         stream_id, message_id = request.stream_id, request.message_id
         meta = StreamMeta(
             stream_id, request.user_id, request.conversation_id, message_id, request.model
@@ -145,7 +158,9 @@ class GenerationService:
         gen = Generation(stream_id, message_id, request, self.broker.create(meta))
         gen.ready = asyncio.get_running_loop().create_future()
         self._active[stream_id] = gen
-        gen.task = self._tasks.create_task(self._run(gen), name=f"generation-{stream_id}")
+        gen.task = asyncio.create_task(self._run(gen), name=f"generation-{stream_id}")
+        self._tasks.add(gen.task)
+        gen.task.add_done_callback(self._reap)
         try:
             await asyncio.shield(gen.ready)
         except asyncio.CancelledError:
@@ -153,6 +168,11 @@ class GenerationService:
                 gen.ready.cancel()
             raise
         return gen
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a generation task failed", exc_info=task.exception())
 
     def cancel(self, stream_id: str, kept_through: int | None = None) -> bool:
         """Stop a generation of this process (idempotent). False when it is not running here."""
@@ -252,6 +272,7 @@ class GenerationService:
             replace=request.replace,
             title=request.title,
             model=request.remember_model,
+            stale=request.stale_claim,
         )
 
     async def _relay(self, gen: Generation, stream: ProviderStream) -> Complete | Error:
@@ -336,17 +357,8 @@ class GenerationService:
         _reject(gen.ready, exc)
 
     async def _finish(self, gen: Generation, outcome: Complete | Error) -> None:
-        content = "".join(gen.pieces)
         if gen.persisted:
-            try:
-                await self.store.finish_reply(
-                    gen.message_id,
-                    gen.request.conversation_id or "",
-                    gen.stream_id,
-                    _reply_outcome(content, outcome),
-                )
-            except Exception:
-                log.exception("storing the outcome failed")
+            await self._store_outcome(gen, _reply_outcome("".join(gen.pieces), outcome))
         self.broker.append(gen.stream_id, outcome)
         self._active.pop(gen.stream_id, None)
         gen.phase = "done"
@@ -363,6 +375,22 @@ class GenerationService:
         if isinstance(outcome, Error):
             fields["code"] = outcome.code
         log.info("stream ended", extra={"fields": fields})
+
+    async def _store_outcome(self, gen: Generation, outcome: ReplyOutcome) -> None:
+        """Store the terminal state, retrying a failing database for ~15 s; the terminal
+        event waits for it, so readers never see an outcome the store does not have."""
+        for delay in (*FINISH_RETRY_DELAYS, None):
+            try:
+                await self.store.finish_reply(
+                    gen.message_id, gen.request.conversation_id or "", gen.stream_id, outcome
+                )
+                return
+            except STORE_ERRORS as exc:
+                if delay is None:
+                    log.error("storing the outcome failed; giving up", exc_info=exc)
+                    return
+                log.warning("storing the outcome failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)
 
     # loops
 
@@ -393,16 +421,21 @@ class GenerationService:
     async def _checkpoint_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.checkpoint_interval)
-            batch: list[tuple[str, str]] = []
-            for gen in list(self._active.values()):
-                if gen.dirty and gen.persisted and gen.phase == "streaming":
-                    gen.dirty = False
-                    batch.append((gen.message_id, "".join(gen.pieces)))
-            if batch:
-                try:
-                    await self.store.checkpoint(batch)
-                except Exception:
-                    log.exception("checkpoint failed")
+            due = [
+                gen
+                for gen in self._active.values()
+                if gen.dirty and gen.persisted and gen.phase == "streaming"
+            ]
+            if not due:
+                continue
+            for gen in due:
+                gen.dirty = False
+            try:
+                await self.store.checkpoint([(g.message_id, "".join(g.pieces)) for g in due])
+            except STORE_ERRORS as exc:
+                log.warning("checkpoint failed (%s); retrying", type(exc).__name__)
+                for gen in due:
+                    gen.dirty = True
 
 
 def _reply_outcome(content: str, outcome: Complete | Error) -> ReplyOutcome:
@@ -437,6 +470,8 @@ async def _close_when_opened(opening: asyncio.Future[ProviderStream]) -> None:
     try:
         stream = await opening
     except (asyncio.CancelledError, RunnelError):
+        return
+    except Exception:  # noqa: BLE001 - the runner reported it; only the close matters here
         return
     await _quietly_close(stream)
 

@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     default_model: str | None = None
     api_tokens: str | None = None
+    allowed_hosts: str = ""
     config: Path | None = None
 
     openai_api_key: str | None = Field(
@@ -130,6 +131,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'runnel.db'}"
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
     @property
     def tokens(self) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,10 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from runnel import __version__
-from runnel.api import conversations, errors, streams, system
+from runnel.api import conversations, errors, streams, system, webapp
 from runnel.api.auth import Authenticator
 from runnel.api.deps import Services
-from runnel.api.middleware import RequestIdMiddleware
+from runnel.api.middleware import LocalHostOnlyMiddleware, RequestIdMiddleware
 from runnel.broker import MemoryBroker
 from runnel.chat import ChatService
 from runnel.errors import RunnelError
@@ -47,14 +46,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.runnel = Services(
             settings, store, broker, registry, generations, chat, Authenticator(settings.tokens)
         )
+        generations.start_loops()
         try:
-            async with asyncio.TaskGroup() as tasks:
-                await generations.run(tasks)
-                try:
-                    yield
-                finally:
-                    await generations.shutdown(settings.shutdown_grace)
+            yield
         finally:
+            await generations.shutdown(settings.shutdown_grace)
             await registry.aclose()
             await broker.aclose()
             await store.close()
@@ -71,5 +67,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(streams.router)
     app.include_router(conversations.router)
     app.include_router(system.router)
+    webapp.mount(app)
+    if not settings.tokens:
+        app.add_middleware(LocalHostOnlyMiddleware, allowed=settings.hosts)
     app.add_middleware(RequestIdMiddleware)
     return app

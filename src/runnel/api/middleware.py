@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import secrets
 
+import orjson
+
 from runnel import logs
 from runnel.api.streaming import Message, Receive, Scope, Send
 
@@ -35,3 +37,48 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)  # type: ignore[operator]
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_FORBIDDEN = orjson.dumps(
+    {
+        "error": {
+            "code": "FORBIDDEN",
+            "message": "without API tokens this server only answers requests addressed to "
+            "localhost (see RUNNEL_ALLOWED_HOSTS)",
+        }
+    }
+)
+
+
+class LocalHostOnlyMiddleware:
+    """Without API tokens, refuse requests whose Host is not a loopback name (or one listed
+    in ``allowed_hosts``): a web page on another origin must not reach a token-less server
+    through DNS rebinding."""
+
+    def __init__(self, app: object, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = LOOPBACK_NAMES | allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _hostname(scope) not in self.allowed:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 403,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": _FORBIDDEN})
+            return
+        await self.app(scope, receive, send)  # type: ignore[operator]
+
+
+def _hostname(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host: str = value.decode("latin-1").strip().lower()
+            if host.startswith("["):
+                return host[1 : host.find("]")] if "]" in host else host
+            return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from runnel.api.streaming import EventStreamResponse
 from runnel.broker import StreamLog
@@ -29,7 +29,11 @@ def last_event_id(request: Request) -> int | None:
     return int(raw)
 
 
-def event_stream(log: StreamLog, after: int, settings: Settings) -> EventStreamResponse:
+def event_stream(log: StreamLog, after: int, settings: Settings) -> Response:
+    """The SSE response reading ``log`` after event ``after``; 204 when the stream is over
+    and the reader has it all (so an EventSource stops reconnecting)."""
+    if log.finished and after >= len(log.events):
+        return Response(status_code=204)
     return EventStreamResponse(
         log,
         after,

@@ -40,6 +40,7 @@ _FINISH: dict[str, FinishReason] = {
     "function_call": "stop",
 }
 _MODELS_TTL = 60.0
+MAX_LINE = 4 * 1024 * 1024
 
 
 class OpenAIProvider(Provider):
@@ -78,6 +79,9 @@ class OpenAIProvider(Provider):
             response = await context.__aenter__()
         except openai.OpenAIError as exc:
             raise map_openai_error(exc, self.name) from exc
+        except (httpx2.HTTPError, UnicodeError, ValueError) as exc:
+            # the request could not even be built or sent (e.g. a key that is not ASCII)
+            raise ProviderError(f"could not send the request to {self.name}") from exc
         return _OpenAIStream(self.name, context, response.http_response)
 
     async def list_models(self) -> list[str]:
@@ -116,41 +120,30 @@ class _OpenAIStream:
     async def _run(self) -> AsyncIterator[Delta]:
         finish: FinishReason | None = None
         usage: Usage | None = None
-        data: list[bytes] = []
-        buffer = b""
         try:
-            async for chunk in self._response.aiter_bytes():
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    if line.endswith(b"\r"):
-                        line = line[:-1]
-                    if line.startswith(b"data:"):
-                        value = line[5:]
-                        data.append(value[1:] if value.startswith(b" ") else value)
-                        continue
-                    if line or not data:
-                        continue
-                    payload = b"\n".join(data)
-                    data.clear()
-                    if payload == b"[DONE]":
-                        yield Finish(finish or "stop", usage)
-                        return
-                    chunk_obj = self._parse(payload)
-                    for choice in chunk_obj.get("choices") or ():
-                        delta = choice.get("delta") or {}
-                        content = delta.get("content")
+            async for payload in _sse_data(self._response.aiter_bytes(), self._provider):
+                if payload == b"[DONE]":
+                    yield Finish(finish or "stop", usage)
+                    return
+                chunk = self._parse(payload)
+                try:
+                    for choice in chunk.get("choices") or ():
+                        content = (choice.get("delta") or {}).get("content")
                         if content:
+                            if not isinstance(content, str):
+                                raise TypeError("content is not text")
                             yield content
                         reason = choice.get("finish_reason")
                         if reason:
                             finish = _FINISH.get(reason, "stop")
-                    raw_usage = chunk_obj.get("usage")
+                    raw_usage = chunk.get("usage")
                     if raw_usage:
                         usage = Usage(
                             int(raw_usage.get("prompt_tokens") or 0),
                             int(raw_usage.get("completion_tokens") or 0),
                         )
+                except (AttributeError, TypeError, ValueError) as exc:
+                    raise ProviderError(f"{self._provider} sent malformed data") from exc
         except httpx2.TimeoutException as exc:
             raise StreamTimeout(f"{self._provider} stopped sending") from exc
         except httpx2.HTTPError as exc:
@@ -177,6 +170,33 @@ class _OpenAIStream:
         await self._context.__aexit__(None, None, None)
 
 
+async def _sse_data(chunks: AsyncIterator[bytes], provider: str) -> AsyncIterator[bytes]:
+    """The ``data`` of each SSE event in a byte stream (any of CRLF, LF, CR line ends; a
+    leading BOM dropped; lines longer than ``MAX_LINE`` refused)."""
+    data: list[bytes] = []
+    buffer = b""
+    first = True
+    async for chunk in chunks:
+        if first:
+            chunk = chunk.removeprefix(b"\xef\xbb\xbf")
+            first = False
+        buffer += chunk
+        if b"\r" in buffer:
+            # keep a trailing CR: it may be the first half of a CRLF split across reads
+            head, tail = (buffer[:-1], b"\r") if buffer.endswith(b"\r") else (buffer, b"")
+            buffer = head.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
+        if len(buffer) > MAX_LINE and b"\n" not in buffer:
+            raise ProviderError(f"{provider} sent an oversized line")
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+            elif not line and data:
+                yield b"\n".join(data)
+                data.clear()
+
+
 def _stream_error(error: Any, provider: str) -> RunnelError:
     kind = str(error.get("type") or error.get("code") or "") if isinstance(error, dict) else ""
     if "rate" in kind:
@@ -190,6 +210,12 @@ def map_openai_error(exc: openai.OpenAIError, provider: str) -> RunnelError:
         status = exc.status_code
         if status in (401, 403):
             return ProviderAuth(f"{provider} rejected the API key", provider=provider)
+        if status == 429 and getattr(exc, "code", None) == "insufficient_quota":
+            return ProviderError(
+                f"{provider} reports the account's quota is used up",
+                retryable=False,
+                provider=provider,
+            )
         if status == 429:
             return RateLimited(
                 f"{provider} rate limit reached (provider limit)",

@@ -38,6 +38,8 @@ from runnel.store.records import Conversation, Message, NewMessage, ReplyOutcome
 from runnel.store.schema import conversations, messages
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# what a failing database raises through SQLAlchemy and its drivers
+STORE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, OSError)
 
 
 def now_ms() -> int:
@@ -187,13 +189,15 @@ class Store:
         replace: str | None = None,
         title: str | None = None,
         model: str | None = None,
+        stale: str | None = None,
     ) -> None:
         """Claim the conversation for ``stream_id`` and insert ``new`` messages, atomically.
 
         Raises ``StreamInProgress`` when another stream holds the conversation, ``NotFound``
         when it is not the user's. ``replace`` names a message deleted in the same
         transaction (regenerate); ``title`` renames a conversation still titled by default;
-        ``model`` becomes the conversation's model (the person picked it for this message).
+        ``model`` becomes the conversation's model (the person picked it for this message);
+        ``stale`` names a claim known to be dead, which may be taken over.
         """
         stamp = now_ms()
         async with self.engine.begin() as conn:
@@ -202,13 +206,27 @@ class Store:
                 .where(
                     conversations.c.id == conversation_id,
                     conversations.c.user_id == user_id,
-                    conversations.c.active_stream_id.is_(None),
+                    or_(
+                        conversations.c.active_stream_id.is_(None),
+                        conversations.c.active_stream_id == stale,
+                    ),
                 )
                 .values(active_stream_id=stream_id, updated_at=stamp)
             )
             if claimed.rowcount != 1:
                 await _conversation(conn, user_id, conversation_id)
                 raise StreamInProgress("this conversation already has a reply streaming")
+            if stale is not None:
+                await conn.execute(
+                    update(messages)
+                    .where(messages.c.stream_id == stale, messages.c.status == "streaming")
+                    .values(
+                        status="interrupted",
+                        error_code="INTERRUPTED",
+                        error_message="the outcome of this reply could not be saved",
+                        updated_at=stamp,
+                    )
+                )
             if replace is not None:
                 last = await _last_message(conn, conversation_id)
                 if last is None or last["id"] != replace:
