@@ -309,3 +309,33 @@ def test_screenshots_in_both_themes(serve: ServeFactory, page: Page, artifacts: 
     page.wait_for_timeout(500)  # let the sidebar finish sliding away
     page.screenshot(path=str(artifacts / "runnel-phone.png"))
     expect(page.get_by_test_id("composer-input")).to_be_visible()
+
+
+def test_keyboard_and_live_region(serve: ServeFactory, page: Page) -> None:
+    server = serve()
+    page.goto(server.url)
+    bar = status_bar(page)
+    expect(bar).to_have_attribute("role", "status")
+    expect(bar).to_have_attribute("aria-live", "polite")
+    reached = set()
+    indicators = {}
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        testid, indicator = page.evaluate(
+            "() => { const el = document.activeElement; const css = getComputedStyle(el);"
+            " return [el.dataset.testid ?? '', css.outlineStyle + ' ' + css.boxShadow]; }"
+        )
+        reached.add(testid)
+        indicators[testid] = indicator
+    assert {"new-conversation", "model-picker", "composer-input"} <= reached, reached
+    for testid in ("new-conversation", "model-picker"):
+        assert indicators[testid].replace("none", "").strip(), f"no focus ring on {testid}"
+    page.get_by_test_id("composer-input").focus()
+    page.keyboard.type("line one")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("line two")
+    assert page.get_by_test_id("composer-input").input_value() == "line one\nline two"
+    page.keyboard.press("Enter")
+    expect(bar).to_contain_text("Complete")
+    user = page.locator("[data-testid=message][data-role=user]").last
+    expect(user).to_contain_text("line two")
