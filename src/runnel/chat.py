@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runnel.broker import MemoryBroker, StreamLog
+from runnel.broker import Broker, StreamMeta
 from runnel.errors import InvalidRequest, NotFound, StreamInProgress
 from runnel.generation import Generation, GenerationService, StartRequest
 from runnel.ids import new_id
@@ -37,7 +37,7 @@ class ChatService:
         self,
         settings: Settings,
         store: Store,
-        broker: MemoryBroker,
+        broker: Broker,
         generations: GenerationService,
         registry: Registry,
     ) -> None:
@@ -192,16 +192,17 @@ class ChatService:
 
     # streams
 
-    def stream_log(self, user_id: str, stream_id: str) -> StreamLog:
-        log = self.broker.get(stream_id)
-        if log is None or log.meta.user_id != user_id:
+    async def stream_meta(self, user_id: str, stream_id: str) -> StreamMeta:
+        """The stream, if it exists, is kept and is the user's (else ``NotFound``)."""
+        meta = await self.broker.meta(stream_id)
+        if meta is None or meta.user_id != user_id:
             raise NotFound("stream not found or expired")
-        return log
+        return meta
 
     async def conversation_stream(
         self, user_id: str, conversation_id: str, resuming: bool
-    ) -> StreamLog | None:
-        """The log to attach to: the active stream; when resuming, also the last one if kept."""
+    ) -> str | None:
+        """The stream to attach to: the active one; when resuming, also the last one if kept."""
         conversation = await self.store.get_conversation(user_id, conversation_id)
         stream_id = conversation.active_stream_id
         if stream_id is None and resuming:
@@ -211,12 +212,12 @@ class ChatService:
             )
         if stream_id is None:
             return None
-        log = self.broker.get(stream_id)
-        return log if log is not None and log.meta.user_id == user_id else None
+        meta = await self.broker.meta(stream_id)
+        return stream_id if meta is not None and meta.user_id == user_id else None
 
-    def cancel(self, user_id: str, stream_id: str, kept_through: int | None) -> bool:
+    async def cancel(self, user_id: str, stream_id: str, kept_through: int | None) -> bool:
         """Stop a stream; True when it was running. Idempotent."""
-        self.stream_log(user_id, stream_id)
+        await self.stream_meta(user_id, stream_id)
         return self.generations.cancel(stream_id, kept_through)
 
     # validation

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from runnel import logs
-from runnel.broker import MemoryBroker, StreamLog, StreamMeta
+from runnel.broker import Broker, StreamMeta
 from runnel.errors import Internal, Interrupted, Overloaded, RunnelError, StreamTimeout
 from runnel.events import Complete, Error, FinishReason, Status, Usage
 from runnel.ids import new_id
@@ -72,10 +72,11 @@ class Generation:
     stream_id: str
     message_id: str
     request: StartRequest
-    log: StreamLog
     started_at: float = field(default_factory=time.monotonic)
     phase: Phase = "starting"
     pieces: list[str] = field(default_factory=list)
+    status_id: int = 0
+    last_id: int = 0
     first_token_at: float | None = None
     last_token_at: float = 0.0
     dirty: bool = False
@@ -90,7 +91,7 @@ class Generation:
 
 
 class GenerationService:
-    def __init__(self, settings: Settings, store: Store, broker: MemoryBroker) -> None:
+    def __init__(self, settings: Settings, store: Store, broker: Broker) -> None:
         self.settings = settings
         self.store = store
         self.broker = broker
@@ -155,7 +156,8 @@ class GenerationService:
         meta = StreamMeta(
             stream_id, request.user_id, request.conversation_id, message_id, request.model
         )
-        gen = Generation(stream_id, message_id, request, self.broker.create(meta))
+        await self.broker.create(meta)
+        gen = Generation(stream_id, message_id, request)
         gen.ready = asyncio.get_running_loop().create_future()
         self._active[stream_id] = gen
         gen.task = asyncio.create_task(self._run(gen), name=f"generation-{stream_id}")
@@ -179,7 +181,7 @@ class GenerationService:
         gen = self._active.get(stream_id)
         if gen is None:
             return False
-        if kept_through is not None and kept_through >= len(gen.log.events):
+        if kept_through is not None and kept_through >= gen.last_id:
             kept_through = None
         self._abort(gen, Cancelled("cancelled", kept_through))
         return True
@@ -211,7 +213,7 @@ class GenerationService:
             except RunnelError as exc:
                 opening.cancel()
                 await _close_when_opened(opening)
-                self._fail_before_start(gen, exc)
+                await self._fail_before_start(gen, exc)
                 return
             try:
                 gen.phase = "opening"
@@ -221,7 +223,7 @@ class GenerationService:
             except RunnelError as exc:
                 outcome = self._error(gen, exc)
             else:
-                self.broker.append(
+                gen.status_id = gen.last_id = self.broker.append(
                     gen.stream_id,
                     Status(gen.stream_id, request.conversation_id, gen.message_id, request.model),
                 )
@@ -304,7 +306,7 @@ class GenerationService:
                                 }
                             },
                         )
-                    append(stream_id, delta)
+                    gen.last_id = append(stream_id, delta)
                     if len(pieces) >= limit:
                         finish = Finish("length")
                         break
@@ -339,7 +341,7 @@ class GenerationService:
         kept_through: int | None = None,
     ) -> Complete:
         if kept_through is not None:
-            gen.pieces = [e for e in gen.log.events[:kept_through] if type(e) is str]
+            del gen.pieces[max(0, kept_through - gen.status_id) :]
         return Complete(
             gen.request.model, reason, gen.message_id, usage, len(gen.pieces), kept_through
         )
@@ -349,10 +351,10 @@ class GenerationService:
             gen.failure = exc
         return Error(exc.code, exc.message, exc.retryable, bool(gen.pieces), gen.message_id)
 
-    def _fail_before_start(self, gen: Generation, exc: RunnelError) -> None:
+    async def _fail_before_start(self, gen: Generation, exc: RunnelError) -> None:
         """The conversation could not be claimed: nothing was stored, nothing is logged."""
         self._active.pop(gen.stream_id, None)
-        self.broker.discard(gen.stream_id)
+        await self.broker.discard(gen.stream_id)
         gen.phase = "done"
         _reject(gen.ready, exc)
 

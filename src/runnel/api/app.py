@@ -13,7 +13,7 @@ from runnel.api import conversations, errors, streams, system, webapp
 from runnel.api.auth import Authenticator
 from runnel.api.deps import Services
 from runnel.api.middleware import LocalHostOnlyMiddleware, RequestIdMiddleware
-from runnel.broker import MemoryBroker
+from runnel.broker.memory import MemoryBroker
 from runnel.chat import ChatService
 from runnel.errors import RunnelError
 from runnel.generation import GenerationService

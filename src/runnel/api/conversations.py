@@ -91,14 +91,16 @@ async def attach(
     conversation_id: str, request: Request, services: ServicesDep, user: UserDep
 ) -> Any:
     after = last_event_id(request)
-    log = await services.chat.conversation_stream(user, conversation_id, resuming=after is not None)
-    if log is None:
+    stream_id = await services.chat.conversation_stream(
+        user, conversation_id, resuming=after is not None
+    )
+    if stream_id is None:
         return Response(status_code=204)
-    return event_stream(log, after or 0, services.settings)
+    return await event_stream(services.broker, stream_id, after or 0, services.settings)
 
 
 async def _deliver(generation: Generation, request: Request, services: ServicesDep) -> Any:
     if wants_stream(request, services.settings):
-        return event_stream(generation.log, 0, services.settings)
-    reply: JSONResponse = await finished_reply(generation.log)
+        return await event_stream(services.broker, generation.stream_id, 0, services.settings)
+    reply: JSONResponse = await finished_reply(services.broker, generation.stream_id)
     return reply

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from runnel.api.auth import Authenticator, current_user
-from runnel.broker import MemoryBroker
+from runnel.broker import Broker
 from runnel.chat import ChatService
 from runnel.generation import GenerationService
 from runnel.providers.registry import Registry
@@ -20,7 +20,7 @@ from runnel.store.sql import Store
 class Services:
     settings: Settings
     store: Store
-    broker: MemoryBroker
+    broker: Broker
     registry: Registry
     generations: GenerationService
     chat: ChatService

@@ -8,8 +8,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from runnel.api.streaming import EventStreamResponse
-from runnel.broker import StreamLog
-from runnel.errors import BY_CODE, Internal, InvalidRequest
+from runnel.broker import Broker
+from runnel.errors import BY_CODE, Internal, InvalidRequest, NotFound
 from runnel.events import Complete, Error, Status, to_wire
 from runnel.settings import Settings
 
@@ -29,50 +29,59 @@ def last_event_id(request: Request) -> int | None:
     return int(raw)
 
 
-def event_stream(log: StreamLog, after: int, settings: Settings) -> Response:
-    """The SSE response reading ``log`` after event ``after``; 204 when the stream is over
-    and the reader has it all (so an EventSource stops reconnecting)."""
-    if log.finished and after >= len(log.events):
+async def event_stream(broker: Broker, stream_id: str, after: int, settings: Settings) -> Response:
+    """The SSE response reading the stream after event ``after``; 204 when the stream is
+    over and the reader has it all (so an EventSource stops reconnecting)."""
+    first = await broker.read(stream_id, after, timeout=0)
+    if first is None:
+        raise NotFound("stream not found or expired")
+    if first.finished and not first.events:
         return Response(status_code=204)
     return EventStreamResponse(
-        log,
-        after,
+        broker,
+        stream_id,
+        first,
         heartbeat=settings.heartbeat_interval,
         retry_ms=settings.sse_retry_ms,
         send_timeout=settings.send_timeout,
     )
 
 
-async def finished_reply(log: StreamLog) -> JSONResponse:
+async def finished_reply(broker: Broker, stream_id: str) -> JSONResponse:
     """Wait for the terminal event and answer with the whole reply (or its error)."""
-    position = 0
-    while not log.finished or position < len(log.events):
-        position += len(await log.read(position, 3600.0))
     pieces: list[str] = []
     status: Status | None = None
-    body: dict[str, Any] = {}
-    for event in log.events:
-        if type(event) is str:
-            pieces.append(event)
-        elif isinstance(event, Status):
-            status = event
-        elif isinstance(event, Complete):
-            body = to_wire(event)
-        elif isinstance(event, Error):
-            error = BY_CODE.get(event.code, Internal)
-            return JSONResponse(
-                {
-                    "error": {"code": event.code, "message": event.message},
-                    "content": "".join(pieces),
-                    "messageId": event.message_id,
-                    "streamId": log.meta.stream_id,
-                },
-                error.status,
-            )
+    terminal: Complete | Error | None = None
+    position = 0
+    while terminal is None:
+        batch = await broker.read(stream_id, position, timeout=3600.0)
+        if batch is None:
+            raise Internal("the stream expired before it finished")
+        position += len(batch.events)
+        for event in batch.events:
+            if type(event) is str:
+                pieces.append(event)
+            elif isinstance(event, Status):
+                status = event
+            elif isinstance(event, Complete | Error):
+                terminal = event
+    content = "".join(pieces)
+    if isinstance(terminal, Error):
+        error = BY_CODE.get(terminal.code, Internal)
+        return JSONResponse(
+            {
+                "error": {"code": terminal.code, "message": terminal.message},
+                "content": content,
+                "messageId": terminal.message_id,
+                "streamId": stream_id,
+            },
+            error.status,
+        )
+    body: dict[str, Any] = to_wire(terminal)
     body.pop("type", None)
     body.update(
-        content="".join(pieces),
-        streamId=log.meta.stream_id,
-        conversationId=status.conversation_id if status else log.meta.conversation_id,
+        content=content,
+        streamId=stream_id,
+        conversationId=status.conversation_id if status else None,
     )
     return JSONResponse(body)

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.responses import Response
 
 from runnel import sse
-from runnel.broker import StreamLog
+from runnel.broker import Batch, Broker
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -35,16 +35,18 @@ class EventStreamResponse(Response):
 
     def __init__(
         self,
-        log: StreamLog,
-        after: int,
+        broker: Broker,
+        stream_id: str,
+        first: Batch,
         *,
         heartbeat: float,
         retry_ms: int,
         send_timeout: float,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        self.log = log
-        self.after = after
+        self.broker = broker
+        self.stream_id = stream_id
+        self.first = first
         self.heartbeat = heartbeat
         self.retry_ms = retry_ms
         self.send_timeout = send_timeout
@@ -69,24 +71,24 @@ class EventStreamResponse(Response):
     async def _stream(self, send: Send, reader: asyncio.Task[Any]) -> None:
         loop = asyncio.get_running_loop()
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        log, position = self.log, self.after
+        first = self.first
         chunk = sse.retry(self.retry_ms)
+        if first.events:
+            chunk += sse.encode(first.events, first.first_id)
+        batch: Batch | None = first
         while True:
             timer = loop.call_later(self.send_timeout, self._give_up, reader)
             try:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             finally:
                 timer.cancel()
-            if log.finished and position >= len(log.events):
+            if batch is None or batch.finished:
                 break
-            events = await log.read(position, self.heartbeat)
-            if events:
-                chunk = sse.encode(events, position + 1)
-                position += len(events)
-            elif log.finished:
-                break
-            else:
-                chunk = sse.PING
+            position = batch.first_id + len(batch.events) - 1
+            batch = await self.broker.read(self.stream_id, position, self.heartbeat)
+            if batch is None or (batch.finished and not batch.events):
+                break  # expired while we waited, or over: nothing more will come
+            chunk = sse.encode(batch.events, batch.first_id) if batch.events else sse.PING
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _watch(self, receive: Receive, reader: asyncio.Task[Any]) -> None:

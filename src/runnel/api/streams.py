@@ -22,15 +22,15 @@ async def stateless(
     history: list[ChatMessage] = [{"role": h.role, "content": h.content} for h in body.history]
     generation = await services.chat.send_stateless(user, body.message, history, body.model)
     if wants_stream(request, services.settings):
-        return event_stream(generation.log, 0, services.settings)
-    return await finished_reply(generation.log)
+        return await event_stream(services.broker, generation.stream_id, 0, services.settings)
+    return await finished_reply(services.broker, generation.stream_id)
 
 
 @router.get("/streams/{stream_id}", response_model=None)
 async def attach(stream_id: str, request: Request, services: ServicesDep, user: UserDep) -> Any:
     after = last_event_id(request)
-    log = services.chat.stream_log(user, stream_id)
-    return event_stream(log, after or 0, services.settings)
+    await services.chat.stream_meta(user, stream_id)
+    return await event_stream(services.broker, stream_id, after or 0, services.settings)
 
 
 @router.post("/streams/{stream_id}/cancel", status_code=202)
@@ -44,5 +44,5 @@ async def cancel(
             body = CancelBody.model_validate_json(raw)
         except ValueError as exc:
             raise InvalidRequest('the cancel body must be {"lastEventId": <integer>}') from exc
-    running = services.chat.cancel(user, stream_id, body.last_event_id)
+    running = await services.chat.cancel(user, stream_id, body.last_event_id)
     return {"streamId": stream_id, "status": "cancelling" if running else "finished"}

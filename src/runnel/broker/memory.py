@@ -1,4 +1,4 @@
-"""The event log of each stream; this is the in-process broker (the embedded default).
+"""The in-process broker (the embedded default): each stream's log is a list in memory.
 
 One ``StreamLog`` per stream holds every event in order; an event's SSE id is its position
 plus one. Writers append; any number of readers read from any id at their own pace, so a
@@ -11,18 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from runnel.broker.base import Batch, StreamMeta
 from runnel.events import TERMINAL, Event
-
-
-@dataclass(frozen=True, slots=True)
-class StreamMeta:
-    stream_id: str
-    user_id: str
-    conversation_id: str | None
-    message_id: str
-    model: str
 
 
 class StreamLog:
@@ -77,13 +68,8 @@ class MemoryBroker:
         self.retention = retention
         self._logs: dict[str, StreamLog] = {}
 
-    def create(self, meta: StreamMeta) -> StreamLog:
-        log = StreamLog(meta)
-        self._logs[meta.stream_id] = log
-        return log
-
-    def get(self, stream_id: str) -> StreamLog | None:
-        return self._logs.get(stream_id)
+    async def create(self, meta: StreamMeta) -> None:
+        self._logs[meta.stream_id] = StreamLog(meta)
 
     def append(self, stream_id: str, event: Event) -> int:
         log = self._logs[stream_id]
@@ -92,7 +78,21 @@ class MemoryBroker:
             asyncio.get_running_loop().call_later(self.retention, self._expire, log)
         return event_id
 
-    def discard(self, stream_id: str) -> None:
+    async def meta(self, stream_id: str) -> StreamMeta | None:
+        log = self._logs.get(stream_id)
+        return log.meta if log is not None else None
+
+    async def read(
+        self, stream_id: str, after: int, timeout: float, limit: int = 512
+    ) -> Batch | None:
+        log = self._logs.get(stream_id)
+        if log is None:
+            return None
+        events = await log.read(after, timeout, limit)
+        first = after + 1
+        return Batch(first, events, log.finished and first + len(events) > len(log.events))
+
+    async def discard(self, stream_id: str) -> None:
         self._logs.pop(stream_id, None)
 
     def _expire(self, log: StreamLog) -> None:
