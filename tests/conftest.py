@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import asyncio
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
+import redis.asyncio as redis
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from runnel.settings import Settings
 from tests.fakes.openai_server import FakeOpenAI
@@ -62,6 +67,37 @@ def server(serve: ServeFactory) -> RunningServer:
 def client(server: RunningServer) -> Iterator[httpx2.Client]:
     with httpx2.Client(base_url=server.url, timeout=30) as http:
         yield http
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test (dropped afterwards)."""
+    base = make_url(require_service("RUNNEL_TEST_POSTGRES_URL"))
+    name = f"runnel_test_{uuid.uuid4().hex[:12]}"
+
+    async def run(sql: str) -> None:
+        engine = create_async_engine(base, isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql(sql)
+        await engine.dispose()
+
+    asyncio.run(run(f"CREATE DATABASE {name}"))
+    yield base.set(database=name).render_as_string(hide_password=False)
+    asyncio.run(run(f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis database, emptied first."""
+    url = require_service("RUNNEL_TEST_REDIS_URL")
+
+    async def flush() -> None:
+        client = redis.Redis.from_url(url)
+        await client.flushdb()
+        await client.aclose()
+
+    asyncio.run(flush())
+    return url
 
 
 def require_service(env: str) -> str:

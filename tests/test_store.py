@@ -3,37 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from runnel.errors import InvalidRequest, NotFound, StreamInProgress
 from runnel.store.records import NewMessage, ReplyOutcome
 from runnel.store.sql import Store
-from tests.conftest import require_service
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-        return
-    base = make_url(require_service("RUNNEL_TEST_POSTGRES_URL"))
-    name = f"runnel_test_{uuid.uuid4().hex[:12]}"
-
-    async def run(sql: str) -> None:
-        engine = create_async_engine(base, isolation_level="AUTOCOMMIT")
-        async with engine.connect() as conn:
-            await conn.exec_driver_sql(sql)
-        await engine.dispose()
-
-    asyncio.run(run(f"CREATE DATABASE {name}"))
-    yield base.set(database=name).render_as_string(hide_password=False)
-    asyncio.run(run(f"DROP DATABASE {name} WITH (FORCE)"))
+        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 def run_with_store(url: str, body) -> None:  # type: ignore[no-untyped-def]

@@ -85,8 +85,8 @@ class ChatService:
 
     async def delete_conversation(self, user_id: str, conversation_id: str) -> None:
         active = await self.store.delete_conversation(user_id, conversation_id)
-        if active is not None:
-            self.generations.cancel(active)
+        if active is not None and not self.generations.cancel(active):
+            await self.broker.request_cancel(active, None)
 
     # replies
 
@@ -151,7 +151,7 @@ class ChatService:
         in ``begin_reply`` is what really guarantees one stream per conversation)."""
         conversation = await self.store.get_conversation(user_id, conversation_id)
         active = conversation.active_stream_id
-        if active is not None and self.generations.is_running(active):
+        if active is not None and await self.generations.is_running(active):
             raise StreamInProgress("this conversation already has a reply streaming")
         return conversation
 
@@ -216,9 +216,15 @@ class ChatService:
         return stream_id if meta is not None and meta.user_id == user_id else None
 
     async def cancel(self, user_id: str, stream_id: str, kept_through: int | None) -> bool:
-        """Stop a stream; True when it was running. Idempotent."""
+        """Stop a stream, wherever it runs; True when it was still running. Idempotent."""
         await self.stream_meta(user_id, stream_id)
-        return self.generations.cancel(stream_id, kept_through)
+        if self.generations.cancel(stream_id, kept_through):
+            return True
+        end = await self.broker.read(stream_id, 1 << 62, timeout=0)
+        if end is None or end.finished:
+            return False
+        await self.broker.request_cancel(stream_id, kept_through)
+        return True
 
     # validation
 

@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="start the server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (more than one needs RUNNEL_REDIS_URL and PostgreSQL)",
+    )
     return parser
 
 
@@ -66,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.workers > 1:
+        return serve_workers(settings, args.host, args.port, args.workers)
     try:
         app = create_app(settings)
     except ValueError as exc:
@@ -82,4 +90,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     log.info("runnel %s listening on http://%s:%d", __version__, args.host, args.port)
     DrainingServer(config, app, settings.shutdown_grace).run()
+    return 0
+
+
+def serve_workers(settings: Settings, host: str, port: int, workers: int) -> int:
+    """Several worker processes on one port. They share nothing in memory, so the event
+    logs must be in Redis and the store must take concurrent writers (PostgreSQL)."""
+    if not settings.redis_url:
+        print("runnel: --workers needs RUNNEL_REDIS_URL (the shared event log)", file=sys.stderr)
+        return 2
+    if settings.database.startswith("sqlite"):
+        print("runnel: --workers needs PostgreSQL (RUNNEL_DATABASE_URL)", file=sys.stderr)
+        return 2
+    try:
+        create_app(settings)  # refuse a bad configuration here, not in every worker
+    except ValueError as exc:
+        print(f"runnel: {exc}", file=sys.stderr)
+        return 2
+    log.info("runnel %s: %d workers on http://%s:%d", __version__, workers, host, port)
+    uvicorn.run(
+        "runnel.api.app:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + 5,
+        server_header=False,
+    )
     return 0

@@ -93,3 +93,33 @@ def to_wire(event: Event) -> dict[str, Any]:
         "partial": event.partial,
         "messageId": event.message_id,
     }
+
+
+def from_wire(data: dict[str, Any]) -> Event:
+    """Inverse of ``to_wire``, for brokers that keep events as JSON."""
+    kind = data["type"]
+    if kind == "token":
+        content: str = data["content"]
+        return content
+    if kind == "status":
+        return Status(
+            data["streamId"],
+            data["conversationId"],
+            data["messageId"],
+            data["model"],
+            data["status"],
+        )
+    if kind == "complete":
+        raw = data.get("usage")
+        usage = Usage(raw["promptTokens"], raw["completionTokens"]) if raw else None
+        return Complete(
+            data["model"],
+            data["finishReason"],
+            data["messageId"],
+            usage,
+            usage.completion_tokens if usage else data.get("totalTokens", 0),
+            data.get("keptThrough"),
+        )
+    return Error(
+        data["code"], data["error"], data["retryable"], data["partial"], data.get("messageId")
+    )

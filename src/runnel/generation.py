@@ -26,8 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from redis.exceptions import RedisError
+
 from runnel import logs
 from runnel.broker import Broker, StreamMeta
+from runnel.broker.redis import LEASE_INTERVAL, RedisBroker
 from runnel.errors import Internal, Interrupted, Overloaded, RunnelError, StreamTimeout
 from runnel.events import Complete, Error, FinishReason, Status, Usage
 from runnel.ids import new_id
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 Phase = Literal["starting", "opening", "streaming", "finishing", "done"]
 FINISH_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+LEASE_ERRORS: tuple[type[Exception], ...] = (RedisError, *STORE_ERRORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,10 @@ class GenerationService:
             asyncio.create_task(self._watchdog_loop(), name="runnel-watchdog"),
             asyncio.create_task(self._checkpoint_loop(), name="runnel-checkpoints"),
         ]
+        if isinstance(self.broker, RedisBroker):
+            self._loops.append(
+                asyncio.create_task(self._lease_loop(self.broker), name="runnel-leases")
+            )
 
     async def shutdown(self, grace: float) -> None:
         """Refuse new generations, let active ones finish for ``grace`` s, then interrupt
@@ -137,11 +145,15 @@ class GenerationService:
     def get(self, stream_id: str) -> Generation | None:
         return self._active.get(stream_id)
 
-    def is_running(self, stream_id: str) -> bool:
-        """Whether ``stream_id`` is generating. With the in-process broker only this process
-        generates, so a conversation claimed by a stream that is not running here holds a
-        stale claim (its outcome could not be stored) and may be claimed again."""
-        return stream_id in self._active
+    async def is_running(self, stream_id: str) -> bool:
+        """Whether ``stream_id`` is generating, here or (with Redis) in a process whose lease
+        on it is alive. A conversation claimed by a stream that is not running holds a stale
+        claim (its outcome could not be stored) and may be claimed again."""
+        if stream_id in self._active:
+            return True
+        if isinstance(self.broker, RedisBroker):
+            return await self.broker.alive(stream_id)
+        return False
 
     # starting and stopping
 
@@ -419,6 +431,35 @@ class GenerationService:
                     self._abort(
                         gen, StreamTimeout(f"the model stalled for {settings.stall_timeout:g} s")
                     )
+
+    async def _lease_loop(self, broker: RedisBroker) -> None:
+        """Renew this process's leases; interrupt streams whose generator's lease expired.
+
+        A process killed mid-stream stops renewing; within ``LEASE_TTL + LEASE_INTERVAL``
+        seconds one of the others appends ``INTERRUPTED`` to its log (readers stop waiting)
+        and stores its reply ``interrupted`` with the last checkpoint."""
+        while True:
+            try:
+                await broker.renew(list(self._active))
+                for stream_id in await broker.expired():
+                    if stream_id in self._active:
+                        continue
+                    error = Error(
+                        Interrupted.code,
+                        "the server generating this reply stopped",
+                        True,
+                        True,
+                        None,
+                    )
+                    if await broker.interrupt(stream_id, error):
+                        await self.store.interrupt_stream(stream_id)
+                        log.warning(
+                            "interrupted a stream whose generator stopped",
+                            extra={"fields": {"streamId": stream_id}},
+                        )
+            except LEASE_ERRORS as exc:
+                log.warning("lease upkeep failed (%s)", type(exc).__name__)
+            await asyncio.sleep(LEASE_INTERVAL)
 
     async def _checkpoint_loop(self) -> None:
         while True:

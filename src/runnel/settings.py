@@ -56,6 +56,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("runnel")))
     database_url: str | None = None
+    database_pool_size: int = Field(default=10, gt=0)
     redis_url: str | None = None
     default_model: str | None = None
     api_tokens: str | None = None

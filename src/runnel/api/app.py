@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from runnel import __version__
+from runnel import __version__, logs
 from runnel.api import conversations, errors, streams, system, webapp
 from runnel.api.auth import Authenticator
 from runnel.api.deps import Services
 from runnel.api.middleware import LocalHostOnlyMiddleware, RequestIdMiddleware
+from runnel.broker import Broker
 from runnel.broker.memory import MemoryBroker
+from runnel.broker.redis import RedisBroker
 from runnel.chat import ChatService
 from runnel.errors import RunnelError
 from runnel.generation import GenerationService
@@ -26,8 +28,6 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings) -> FastAPI:
     """Raises ``ValueError`` for a configuration that cannot work."""
-    if settings.redis_url:
-        raise ValueError("RUNNEL_REDIS_URL is not supported by this version yet; unset it")
     try:
         registry = Registry.from_settings(settings)
     except RunnelError as exc:
@@ -35,13 +35,21 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store(settings.database)
+        store = Store(settings.database, pool_size=settings.database_pool_size)
         await store.open()
-        recovered = await store.interrupt_all_streaming()
-        if recovered:
-            log.warning("marked %d unfinished replies as interrupted", recovered)
-        broker = MemoryBroker(settings.stream_retention)
+        broker: Broker
+        if settings.redis_url:
+            redis_broker = RedisBroker(settings.redis_url, settings.stream_retention)
+            broker = redis_broker
+        else:
+            # only this process generates: whatever was streaming when it stopped is over
+            recovered = await store.interrupt_all_streaming()
+            if recovered:
+                log.warning("marked %d unfinished replies as interrupted", recovered)
+            broker = MemoryBroker(settings.stream_retention)
         generations = GenerationService(settings, store, broker)
+        if settings.redis_url:
+            await redis_broker.start(generations.cancel)
         chat = ChatService(settings, store, broker, generations, registry)
         app.state.runnel = Services(
             settings, store, broker, registry, generations, chat, Authenticator(settings.tokens)
@@ -72,3 +80,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_middleware(LocalHostOnlyMiddleware, allowed=settings.hosts)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process of ``runnel serve --workers N`` (settings from the
+    environment, as the parent read them)."""
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    return create_app(settings)

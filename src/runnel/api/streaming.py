@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from runnel import sse
 from runnel.broker import Batch, Broker
+from runnel.errors import RunnelError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -85,7 +86,10 @@ class EventStreamResponse(Response):
             if batch is None or batch.finished:
                 break
             position = batch.first_id + len(batch.events) - 1
-            batch = await self.broker.read(self.stream_id, position, self.heartbeat)
+            try:
+                batch = await self.broker.read(self.stream_id, position, self.heartbeat)
+            except RunnelError:  # the broker is unreachable: end here; the client resumes
+                break
             if batch is None or (batch.finished and not batch.events):
                 break  # expired while we waited, or over: nothing more will come
             chunk = sse.encode(batch.events, batch.first_id) if batch.events else sse.PING

@@ -53,6 +53,9 @@ class Broker(Protocol):
     async def discard(self, stream_id: str) -> None:
         """Forget a stream that never started."""
 
+    async def request_cancel(self, stream_id: str, kept_through: int | None) -> None:
+        """Ask the process generating ``stream_id`` (wherever it runs) to stop it."""
+
     async def ping(self) -> bool:
         """Whether the broker is reachable."""
 

@@ -95,6 +95,9 @@ class MemoryBroker:
     async def discard(self, stream_id: str) -> None:
         self._logs.pop(stream_id, None)
 
+    async def request_cancel(self, stream_id: str, kept_through: int | None) -> None:
+        """Only this process generates; a stream it does not run has already ended."""
+
     def _expire(self, log: StreamLog) -> None:
         if self._logs.get(log.meta.stream_id) is log:
             del self._logs[log.meta.stream_id]

@@ -47,8 +47,9 @@ def now_ms() -> int:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int = 10) -> None:
         self.url = url
+        self.pool_size = pool_size
         self._engine: AsyncEngine | None = None
 
     @property
@@ -64,6 +65,8 @@ class Store:
             if url.database and url.database != ":memory:":
                 Path(url.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=self.pool_size, max_overflow=self.pool_size, pool_pre_ping=True)
         engine = create_async_engine(url, **kwargs)
         if url.get_backend_name() == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -303,6 +306,27 @@ class Store:
                     conversations.c.id == conversation_id,
                     conversations.c.active_stream_id == stream_id,
                 )
+                .values(active_stream_id=None, updated_at=stamp)
+            )
+
+    async def interrupt_stream(self, stream_id: str) -> None:
+        """Mark the reply of a stream whose generator died ``interrupted`` (its content is the
+        last checkpoint) and release its conversation."""
+        stamp = now_ms()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(messages)
+                .where(messages.c.stream_id == stream_id, messages.c.status == "streaming")
+                .values(
+                    status="interrupted",
+                    error_code="INTERRUPTED",
+                    error_message="the server generating this reply stopped",
+                    updated_at=stamp,
+                )
+            )
+            await conn.execute(
+                update(conversations)
+                .where(conversations.c.active_stream_id == stream_id)
                 .values(active_stream_id=None, updated_at=stamp)
             )
 

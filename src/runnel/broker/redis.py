@@ -1,0 +1,266 @@
+"""The Redis Streams broker: every process can read every stream, and cancel any of them.
+
+One Redis stream per generation, ``runnel:s:<id>``, whose entry ids are ``0-<n>``: the SSE
+id ``n`` is the entry id, so resuming is ``XREAD`` after ``0-<n>``. The stream's metadata
+lives in the hash ``runnel:m:<id>`` (with ``last`` = the terminal event's id once it
+ended). The generating process is the only writer: ``append`` numbers the event and
+queues it, and one writer task sends everything queued in one pipeline — tokens that
+arrive faster than Redis round trips go in batches. After the terminal event both keys
+expire after the retention time.
+
+Across processes: cancel requests travel on the pub/sub channel ``runnel:cancel``; a
+generating process renews a lease for each of its streams in the sorted set
+``runnel:leases`` (score = expiry time), and any process may interrupt a stream whose
+lease expired — its generator died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from runnel.broker.base import Batch, StreamMeta
+from runnel.errors import Overloaded
+from runnel.events import TERMINAL, Error, Event, from_wire, to_wire
+
+log = logging.getLogger(__name__)
+
+LEASES = "runnel:leases"
+CANCEL = "runnel:cancel"
+# keys of a stream whose generator vanished without a terminal event still expire
+ORPHAN_TTL = 24 * 3600
+CancelHandler = Callable[[str, int | None], object]
+# a generator renews its leases every LEASE_INTERVAL s; one that stops is presumed dead
+# LEASE_TTL s after its last renewal
+LEASE_TTL = 6.0
+LEASE_INTERVAL = 2.0
+WRITE_RETRY_MIN = 0.05
+WRITE_RETRY_MAX = 2.0
+
+
+def _stream(stream_id: str) -> str:
+    return f"runnel:s:{stream_id}"
+
+
+def _meta(stream_id: str) -> str:
+    return f"runnel:m:{stream_id}"
+
+
+def _encode(event: Event) -> bytes:
+    if type(event) is str:
+        return b'{"type":"token","content":' + orjson.dumps(event) + b"}"
+    return orjson.dumps(to_wire(event))
+
+
+class RedisBroker:
+    def __init__(self, url: str, retention: float) -> None:
+        self.retention = max(1, round(retention))
+        # redis-py's type hints cover bytes and str replies at once; this module reads bytes
+        self._redis: Any = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=2,
+            socket_timeout=None,
+            health_check_interval=15,
+            # a pooled connection that died with a Redis restart is retried on a new one
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            retry_on_error=[ConnectionError, RedisTimeoutError],
+        )
+        self._next: dict[str, int] = {}
+        self._pending: list[tuple[str, int, bytes, bool]] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._on_cancel: CancelHandler | None = None
+
+    async def start(self, on_cancel: CancelHandler) -> None:
+        """Start the writer and the cancel listener."""
+        self._on_cancel = on_cancel
+        self._tasks = [
+            asyncio.create_task(self._writer(), name="runnel-redis-writer"),
+            asyncio.create_task(self._listen(), name="runnel-redis-cancel"),
+        ]
+
+    # the log
+
+    async def create(self, meta: StreamMeta) -> None:
+        key = _meta(meta.stream_id)
+        fields = {
+            "user": meta.user_id,
+            "conversation": meta.conversation_id or "",
+            "message": meta.message_id,
+            "model": meta.model,
+        }
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=fields)
+                pipe.expire(key, ORPHAN_TTL)
+                pipe.zadd(LEASES, {meta.stream_id: time.time() + LEASE_TTL})
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
+        self._next[meta.stream_id] = 0
+
+    def append(self, stream_id: str, event: Event) -> int:
+        event_id = self._next[stream_id] + 1
+        terminal = isinstance(event, TERMINAL)
+        if terminal:
+            del self._next[stream_id]
+        else:
+            self._next[stream_id] = event_id
+        self._pending.append((stream_id, event_id, _encode(event), terminal))
+        self._wake.set()
+        return event_id
+
+    async def _writer(self) -> None:
+        delay = WRITE_RETRY_MIN
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            pipe = self._redis.pipeline(transaction=False)
+            for stream_id, event_id, payload, terminal in batch:
+                pipe.xadd(_stream(stream_id), {b"e": payload}, id=f"0-{event_id}")
+                if terminal:
+                    pipe.hset(_meta(stream_id), "last", event_id)
+                    pipe.expire(_stream(stream_id), self.retention)
+                    pipe.expire(_meta(stream_id), self.retention)
+                    pipe.zrem(LEASES, stream_id)
+                elif event_id == 1:
+                    pipe.expire(_stream(stream_id), ORPHAN_TTL)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+                delay = WRITE_RETRY_MIN
+                for result in results:
+                    # on a retry, entries that did arrive the first time are refused: fine
+                    if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
+                        log.error("Redis refused a write: %s", result)
+            except (RedisError, OSError) as exc:
+                # keep the order and retry: readers must never see a gap
+                log.error("writing %d events to Redis failed (%s); retrying", len(batch), exc)
+                self._pending = batch + self._pending
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WRITE_RETRY_MAX)
+                self._wake.set()
+
+    async def meta(self, stream_id: str) -> StreamMeta | None:
+        try:
+            fields = await self._redis.hgetall(_meta(stream_id))
+        except (RedisError, OSError) as exc:
+            raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
+        if not fields:
+            return None
+        return StreamMeta(
+            stream_id,
+            fields[b"user"].decode(),
+            fields[b"conversation"].decode() or None,
+            fields[b"message"].decode(),
+            fields[b"model"].decode(),
+        )
+
+    async def read(
+        self, stream_id: str, after: int, timeout: float, limit: int = 512
+    ) -> Batch | None:
+        try:
+            return await self._read(stream_id, after, timeout, limit)
+        except (RedisError, OSError) as exc:
+            raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
+
+    async def _read(self, stream_id: str, after: int, timeout: float, limit: int) -> Batch | None:
+        key = _stream(stream_id)
+        entries: list[Any]
+        if timeout <= 0:
+            entries = await self._redis.xrange(key, min=f"0-{after + 1}", count=limit)
+        else:
+            found = await self._redis.xread(
+                {key: f"0-{after}"}, count=limit, block=max(1, int(timeout * 1000))
+            )
+            entries = found[0][1] if found else []
+        if entries:
+            events = [from_wire(orjson.loads(fields[b"e"])) for _, fields in entries]
+            first = int(entries[0][0].split(b"-")[1])
+            return Batch(first, events, isinstance(events[-1], TERMINAL))
+        last = await self._redis.hget(_meta(stream_id), "last")
+        if last is None and not await self._redis.exists(_meta(stream_id)):
+            return None
+        return Batch(after + 1, [], last is not None and after >= int(last))
+
+    async def discard(self, stream_id: str) -> None:
+        self._next.pop(stream_id, None)
+        await self._redis.delete(_stream(stream_id), _meta(stream_id))
+
+    # across processes
+
+    async def request_cancel(self, stream_id: str, kept_through: int | None) -> None:
+        await self._redis.publish(CANCEL, orjson.dumps([stream_id, kept_through]))
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(CANCEL)
+                    async for message in pubsub.listen():
+                        if message["type"] != "message" or self._on_cancel is None:
+                            continue
+                        stream_id, kept_through = orjson.loads(message["data"])
+                        self._on_cancel(stream_id, kept_through)
+            except RedisError as exc:
+                log.warning("the cancel channel failed (%s); reconnecting", exc)
+                await asyncio.sleep(1)
+
+    async def renew(self, stream_ids: list[str], ttl: float = LEASE_TTL) -> None:
+        """Extend the leases of the streams this process generates."""
+        if stream_ids:
+            expiry = time.time() + ttl
+            await self._redis.zadd(LEASES, dict.fromkeys(stream_ids, expiry))
+
+    async def alive(self, stream_id: str) -> bool:
+        score = await self._redis.zscore(LEASES, stream_id)
+        return score is not None and score > time.time()
+
+    async def expired(self) -> list[str]:
+        found = await self._redis.zrangebyscore(LEASES, "-inf", time.time())
+        return [item.decode() for item in found]
+
+    async def interrupt(self, stream_id: str, error: Error) -> bool:
+        """End a stream whose generator died: append ``error`` after its last event.
+
+        Only one process wins (``SET NX``); returns whether this one did."""
+        if not await self._redis.set(f"runnel:reap:{stream_id}", 1, nx=True, ex=60):
+            return False
+        newest = await self._redis.xrevrange(_stream(stream_id), count=1)
+        last = int(newest[0][0].split(b"-")[1]) if newest else 0
+        if newest and isinstance(from_wire(orjson.loads(newest[0][1][b"e"])), TERMINAL):
+            await self._redis.zrem(LEASES, stream_id)
+            return False
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(_stream(stream_id), {b"e": _encode(error)}, id=f"0-{last + 1}")
+            pipe.hset(_meta(stream_id), "last", last + 1)
+            pipe.expire(_stream(stream_id), self.retention)
+            pipe.expire(_meta(stream_id), self.retention)
+            pipe.zrem(LEASES, stream_id)
+            await pipe.execute()
+        return True
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def aclose(self) -> None:
+        if self._pending:
+            self._wake.set()
+            await asyncio.sleep(0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._redis.aclose()

@@ -1,0 +1,173 @@
+"""The broker contract, on the in-process broker and on Redis Streams."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from runnel.broker.base import Batch, Broker, StreamMeta
+from runnel.broker.memory import MemoryBroker
+from runnel.broker.redis import RedisBroker
+from runnel.events import Complete, Error, Status, Usage
+from tests.conftest import require_service
+
+BrokerBody = Callable[[Broker], Awaitable[None]]
+
+
+def run(kind: str, body: BrokerBody, retention: float = 60.0) -> None:
+    url = require_service("RUNNEL_TEST_REDIS_URL") if kind == "redis" else ""
+
+    async def main() -> None:
+        broker: Broker
+        if kind == "redis":
+            redis_broker = RedisBroker(url, retention)
+            await redis_broker.start(lambda *_: None)
+            broker = redis_broker
+        else:
+            broker = MemoryBroker(retention)
+        try:
+            await body(broker)
+        finally:
+            await broker.aclose()
+
+    asyncio.run(main())
+
+
+def meta() -> StreamMeta:
+    sid = f"s_{uuid.uuid4().hex}"
+    return StreamMeta(sid, "alice", "c_1", "m_1", "demo/markdown")
+
+
+async def drain(broker: Broker, stream_id: str, after: int = 0) -> list[tuple[int, object]]:
+    seen: list[tuple[int, object]] = []
+    while True:
+        batch = await broker.read(stream_id, after, timeout=2, limit=3)
+        assert batch is not None
+        seen += [(batch.first_id + i, e) for i, e in enumerate(batch.events)]
+        after = batch.first_id + len(batch.events) - 1
+        if batch.finished:
+            return seen
+
+
+KINDS = pytest.mark.parametrize("kind", ["memory", "redis"])
+COMPLETE = Complete("demo/markdown", "stop", "m_1", Usage(3, 2), 2)
+
+
+@KINDS
+def test_append_then_read_from_any_id(kind: str) -> None:
+    async def body(broker: Broker) -> None:
+        m = meta()
+        await broker.create(m)
+        assert await broker.meta(m.stream_id) == m
+        ids = [
+            broker.append(m.stream_id, Status(m.stream_id, "c_1", "m_1", "demo/markdown")),
+            broker.append(m.stream_id, "Hé"),
+            broker.append(m.stream_id, "llo 🎉"),
+            broker.append(m.stream_id, COMPLETE),
+        ]
+        assert ids == [1, 2, 3, 4]
+        everything = await drain(broker, m.stream_id)
+        assert [i for i, _ in everything] == [1, 2, 3, 4]
+        assert everything[1:] == [(2, "Hé"), (3, "llo 🎉"), (4, COMPLETE)]
+        for after in range(5):
+            assert await drain(broker, m.stream_id, after) == everything[after:]
+        end = await broker.read(m.stream_id, 4, timeout=0.1)
+        assert end == Batch(5, [], True)
+
+    run(kind, body)
+
+
+@KINDS
+def test_a_waiting_reader_wakes_on_append(kind: str) -> None:
+    async def body(broker: Broker) -> None:
+        m = meta()
+        await broker.create(m)
+        idle = await broker.read(m.stream_id, 0, timeout=0.05)
+        assert idle == Batch(1, [], False)
+        reader = asyncio.ensure_future(broker.read(m.stream_id, 0, timeout=5))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        broker.append(m.stream_id, "x")
+        batch = await reader
+        assert batch is not None
+        assert list(batch.events) == ["x"]
+        assert time.monotonic() - started < 2
+        broker.append(m.stream_id, Error("INTERRUPTED", "gone", True, True, "m_1"))
+        tail = await drain(broker, m.stream_id, 1)
+        assert tail == [(2, Error("INTERRUPTED", "gone", True, True, "m_1"))]
+
+    run(kind, body)
+
+
+@KINDS
+def test_unknown_discarded_and_expired_streams(kind: str) -> None:
+    async def body(broker: Broker) -> None:
+        assert await broker.read("s_unknown", 0, timeout=0) is None
+        assert await broker.meta("s_unknown") is None
+        m = meta()
+        await broker.create(m)
+        await broker.discard(m.stream_id)
+        assert await broker.meta(m.stream_id) is None
+        done = meta()
+        await broker.create(done)
+        broker.append(done.stream_id, COMPLETE)
+        assert await drain(broker, done.stream_id) == [(1, COMPLETE)]
+        await asyncio.sleep(1.3)
+        assert await broker.read(done.stream_id, 0, timeout=0) is None
+
+    run(kind, body, retention=1.0)
+
+
+def test_redis_cancel_requests_reach_every_process() -> None:
+    url = require_service("RUNNEL_TEST_REDIS_URL")
+
+    async def main() -> None:
+        seen: list[tuple[str, int | None]] = []
+        listener, sender = RedisBroker(url, 60), RedisBroker(url, 60)
+        await listener.start(lambda sid, kept: seen.append((sid, kept)))
+        await sender.start(lambda *_: None)
+        try:
+            await asyncio.sleep(0.2)
+            await sender.request_cancel("s_far", 7)
+            for _ in range(50):
+                if seen:
+                    break
+                await asyncio.sleep(0.02)
+            assert seen == [("s_far", 7)]
+        finally:
+            await listener.aclose()
+            await sender.aclose()
+
+    asyncio.run(main())
+
+
+def test_redis_leases_and_interrupting_a_dead_stream() -> None:
+    url = require_service("RUNNEL_TEST_REDIS_URL")
+
+    async def main() -> None:
+        a, b = RedisBroker(url, 60), RedisBroker(url, 60)
+        await a.start(lambda *_: None)
+        await b.start(lambda *_: None)
+        try:
+            m = meta()
+            await a.create(m)
+            a.append(m.stream_id, "partial")
+            await a.renew([m.stream_id], ttl=0.3)
+            assert await b.alive(m.stream_id)
+            await asyncio.sleep(0.4)
+            assert not await b.alive(m.stream_id)
+            assert m.stream_id in await b.expired()
+            error = Error("INTERRUPTED", "the server generating it stopped", True, True, "m_1")
+            assert await b.interrupt(m.stream_id, error)
+            assert not await a.interrupt(m.stream_id, error)
+            assert await drain(b, m.stream_id) == [(1, "partial"), (2, error)]
+            assert m.stream_id not in await b.expired()
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    asyncio.run(main())
