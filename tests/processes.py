@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,10 +49,14 @@ def runnel_process(
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
+    lines: list[str] = []
+    # read the output all along: a full pipe would block the server on its next log line
+    reader = threading.Thread(target=_collect, args=(process, lines), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 30
         while True:
-            assert process.poll() is None, process.communicate()[0]
+            assert process.poll() is None, "\n".join(lines)
             try:
                 if httpx2.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
@@ -63,6 +68,13 @@ def runnel_process(
     finally:
         if process.poll() is None:
             process.kill()
-        printed = process.communicate(timeout=30)[0]
+        process.wait(timeout=30)
+        reader.join(timeout=30)
         if output is not None:
-            output.extend(printed.splitlines())
+            output.extend(lines)
+
+
+def _collect(process: subprocess.Popen[str], lines: list[str]) -> None:
+    assert process.stdout is not None
+    with process.stdout:
+        lines.extend(line.rstrip("\n") for line in process.stdout)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import signal
@@ -28,13 +30,10 @@ def pair(
     tmp_path: Path, postgres_url: str, redis_url: str
 ) -> Iterator[tuple[tuple[object, str], tuple[object, str]]]:
     shared = {"database_url": postgres_url, "redis_url": redis_url, **SLOW}
-    out_a: list[str] = []
-    out_b: list[str] = []
     with ExitStack() as stack:
-        a = stack.enter_context(runnel_process(tmp_path / "a", out_a, **shared))
-        b = stack.enter_context(runnel_process(tmp_path / "b", out_b, **shared))
+        a = stack.enter_context(runnel_process(tmp_path / "a", **shared))
+        b = stack.enter_context(runnel_process(tmp_path / "b", **shared))
         yield a, b
-    print("\n".join(out_b[-30:]))
 
 
 def wait_reply(url: str, cid: str, timeout: float = 20) -> dict[str, object]:
@@ -281,3 +280,53 @@ def test_workers_share_every_stream(tmp_path: Path, postgres_url: str, redis_url
     )
     assert refused.returncode == 2
     assert "PostgreSQL" in refused.stderr
+
+
+def test_two_hundred_streams_over_two_processes(
+    tmp_path: Path, postgres_url: str, redis_url: str
+) -> None:
+    shared = {
+        "database_url": postgres_url,
+        "redis_url": redis_url,
+        "demo_tokens_per_second": "20",
+        "demo_reply_tokens": "30",
+    }
+    with (
+        runnel_process(tmp_path / "a", **shared) as (_, url_a),
+        runnel_process(tmp_path / "b", **shared) as (_, url_b),
+    ):
+        urls = [url_a, url_b]
+        with httpx2.Client(base_url=url_a, timeout=30) as client:
+            cids = [new_conversation(client) for _ in range(200)]
+
+        async def one(index: int, http: httpx2.AsyncClient) -> tuple[str, str, str]:
+            url = f"{urls[index % 2]}/api/v1/conversations/{cids[index]}/messages"
+            text, terminal = [], ""
+            async with http.stream(
+                "POST", url, json={"content": f"n{index}"}, headers={"accept": "text/event-stream"}
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                assert response.status_code == 200, response.text
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        event = json.loads(line[6:])
+                        if event["type"] == "token":
+                            text.append(event["content"])
+                        elif event["type"] in ("complete", "error"):
+                            terminal = event.get("finishReason") or event["code"]
+            return cids[index], "".join(text), terminal
+
+        async def run_all() -> list[tuple[str, str, str]]:
+            limits = httpx2.Limits(max_connections=250, max_keepalive_connections=0)
+            async with httpx2.AsyncClient(timeout=60, limits=limits) as http:
+                return await asyncio.gather(*(one(i, http) for i in range(200)))
+
+        results = asyncio.run(run_all())
+        assert [terminal for _, _, terminal in results] == ["stop"] * 200
+        with httpx2.Client(base_url=url_b, timeout=30) as client:
+            for cid, text, _ in results:
+                reply = wait_reply(url_b, cid)
+                assert reply["status"] == "complete"
+                assert reply["content"] == text
+                assert f"n{cids.index(cid)}" in text

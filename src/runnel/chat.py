@@ -18,6 +18,7 @@ from runnel.generation import Generation, GenerationService, StartRequest
 from runnel.ids import new_id
 from runnel.providers.base import ChatMessage, Provider
 from runnel.providers.registry import Registry
+from runnel.quotas import Quotas
 from runnel.settings import Settings
 from runnel.store.records import Conversation, Message, NewMessage
 from runnel.store.sql import Store
@@ -40,12 +41,14 @@ class ChatService:
         broker: Broker,
         generations: GenerationService,
         registry: Registry,
+        quotas: Quotas,
     ) -> None:
         self.settings = settings
         self.store = store
         self.broker = broker
         self.generations = generations
         self.registry = registry
+        self.quotas = quotas
 
     # conversations
 
@@ -102,6 +105,7 @@ class ChatService:
         self._check_history_size([*history, {"role": "user", "content": message}])
         provider, model_name, model_id = self.registry.resolve(model)
         prompt: list[ChatMessage] = [*history, {"role": "user", "content": message}]
+        await self.quotas.admit(user_id)
         return await self.generations.start(
             StartRequest(user_id, provider, model_name, model_id, prompt)
         )
@@ -168,6 +172,7 @@ class ChatService:
         remember_model: str | None = None,
     ) -> Generation:
         provider, model_name, model_id = resolved
+        await self.quotas.admit(user_id)
         stream_id, message_id = new_id("s"), new_id("m")
         new = [NewMessage(message_id, "assistant", "", "streaming", model_id, stream_id)]
         if user_message is not None:

@@ -145,6 +145,12 @@ class GenerationService:
     def get(self, stream_id: str) -> Generation | None:
         return self._active.get(stream_id)
 
+    async def user_streams(self, user_id: str) -> int:
+        """Replies of ``user_id`` generating now (in every process, with Redis)."""
+        if isinstance(self.broker, RedisBroker):
+            return await self.broker.user_streams(user_id)
+        return sum(1 for g in self._active.values() if g.request.user_id == user_id)
+
     async def is_running(self, stream_id: str) -> bool:
         """Whether ``stream_id`` is generating, here or (with Redis) in a process whose lease
         on it is alive. A conversation claimed by a stream that is not running holds a stale

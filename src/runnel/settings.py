@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     database_pool_size: int = Field(default=10, gt=0)
     redis_url: str | None = None
+    redis_max_connections: int = Field(default=4096, gt=0)
     default_model: str | None = None
     api_tokens: str | None = None
     allowed_hosts: str = ""
@@ -82,6 +83,8 @@ class Settings(BaseSettings):
     max_history_messages: int = Field(default=200, gt=0)
     max_history_chars: int = Field(default=400_000, gt=0)
     max_active_streams: int = Field(default=2000, gt=0)
+    max_streams_per_user: int = Field(default=0, ge=0)
+    rate_limit: str | None = None
     stream_retention: float = Field(default=300.0, ge=0)
     checkpoint_interval: float = Field(default=1.0, gt=0, le=1.0)
     send_timeout: float = Field(default=30.0, gt=0)

@@ -20,6 +20,7 @@ from runnel.chat import ChatService
 from runnel.errors import RunnelError
 from runnel.generation import GenerationService
 from runnel.providers.registry import Registry
+from runnel.quotas import Quotas, parse_rate
 from runnel.settings import Settings
 from runnel.store.sql import Store
 
@@ -32,6 +33,8 @@ def create_app(settings: Settings) -> FastAPI:
         registry = Registry.from_settings(settings)
     except RunnelError as exc:
         raise ValueError(f"invalid default model: {exc.message}") from exc
+    if settings.rate_limit:
+        parse_rate(settings.rate_limit)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -39,7 +42,9 @@ def create_app(settings: Settings) -> FastAPI:
         await store.open()
         broker: Broker
         if settings.redis_url:
-            redis_broker = RedisBroker(settings.redis_url, settings.stream_retention)
+            redis_broker = RedisBroker(
+                settings.redis_url, settings.stream_retention, settings.redis_max_connections
+            )
             broker = redis_broker
         else:
             # only this process generates: whatever was streaming when it stopped is over
@@ -50,7 +55,13 @@ def create_app(settings: Settings) -> FastAPI:
         generations = GenerationService(settings, store, broker)
         if settings.redis_url:
             await redis_broker.start(generations.cancel)
-        chat = ChatService(settings, store, broker, generations, registry)
+        quotas = Quotas(
+            settings.rate_limit,
+            settings.max_streams_per_user,
+            generations.user_streams,
+            settings.redis_url,
+        )
+        chat = ChatService(settings, store, broker, generations, registry, quotas)
         app.state.runnel = Services(
             settings, store, broker, registry, generations, chat, Authenticator(settings.tokens)
         )

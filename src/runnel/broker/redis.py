@@ -56,6 +56,10 @@ def _meta(stream_id: str) -> str:
     return f"runnel:m:{stream_id}"
 
 
+def _user(user_id: str) -> str:
+    return f"runnel:u:{user_id}"
+
+
 def _encode(event: Event) -> bytes:
     if type(event) is str:
         return b'{"type":"token","content":' + orjson.dumps(event) + b"}"
@@ -63,7 +67,7 @@ def _encode(event: Event) -> bytes:
 
 
 class RedisBroker:
-    def __init__(self, url: str, retention: float) -> None:
+    def __init__(self, url: str, retention: float, max_connections: int = 4096) -> None:
         self.retention = max(1, round(retention))
         # redis-py's type hints cover bytes and str replies at once; this module reads bytes
         self._redis: Any = redis.Redis.from_url(
@@ -71,11 +75,14 @@ class RedisBroker:
             socket_connect_timeout=2,
             socket_timeout=None,
             health_check_interval=15,
+            # every waiting reader holds one connection in XREAD BLOCK
+            max_connections=max_connections,
             # a pooled connection that died with a Redis restart is retried on a new one
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
             retry_on_error=[ConnectionError, RedisTimeoutError],
         )
         self._next: dict[str, int] = {}
+        self._owners: dict[str, str] = {}
         self._pending: list[tuple[str, int, bytes, bool]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -104,10 +111,13 @@ class RedisBroker:
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, ORPHAN_TTL)
                 pipe.zadd(LEASES, {meta.stream_id: time.time() + LEASE_TTL})
+                pipe.zadd(_user(meta.user_id), {meta.stream_id: time.time() + LEASE_TTL})
+                pipe.expire(_user(meta.user_id), ORPHAN_TTL)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
         self._next[meta.stream_id] = 0
+        self._owners[meta.stream_id] = meta.user_id
 
     def append(self, stream_id: str, event: Event) -> int:
         event_id = self._next[stream_id] + 1
@@ -134,6 +144,9 @@ class RedisBroker:
                     pipe.expire(_stream(stream_id), self.retention)
                     pipe.expire(_meta(stream_id), self.retention)
                     pipe.zrem(LEASES, stream_id)
+                    owner = self._owners.pop(stream_id, None)
+                    if owner is not None:
+                        pipe.zrem(_user(owner), stream_id)
                 elif event_id == 1:
                     pipe.expire(_stream(stream_id), ORPHAN_TTL)
             try:
@@ -195,6 +208,9 @@ class RedisBroker:
 
     async def discard(self, stream_id: str) -> None:
         self._next.pop(stream_id, None)
+        owner = self._owners.pop(stream_id, None)
+        if owner is not None:
+            await self._redis.zrem(_user(owner), stream_id)
         await self._redis.delete(_stream(stream_id), _meta(stream_id))
 
     # across processes
@@ -218,9 +234,24 @@ class RedisBroker:
 
     async def renew(self, stream_ids: list[str], ttl: float = LEASE_TTL) -> None:
         """Extend the leases of the streams this process generates."""
-        if stream_ids:
-            expiry = time.time() + ttl
-            await self._redis.zadd(LEASES, dict.fromkeys(stream_ids, expiry))
+        if not stream_ids:
+            return
+        expiry = time.time() + ttl
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(LEASES, dict.fromkeys(stream_ids, expiry))
+        for stream_id in stream_ids:
+            owner = self._owners.get(stream_id)
+            if owner is not None:
+                pipe.zadd(_user(owner), {stream_id: expiry})
+        await pipe.execute()
+
+    async def user_streams(self, user_id: str) -> int:
+        """How many streams of ``user_id`` are generating, in any process."""
+        try:
+            count: int = await self._redis.zcount(_user(user_id), time.time(), "+inf")
+        except (RedisError, OSError) as exc:
+            raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
+        return count
 
     async def alive(self, stream_id: str) -> bool:
         score = await self._redis.zscore(LEASES, stream_id)
