@@ -171,3 +171,20 @@ def test_redis_leases_and_interrupting_a_dead_stream() -> None:
             await b.aclose()
 
     asyncio.run(main())
+
+
+def test_redis_cancel_requests_wait_for_a_listener_that_missed_them(redis_url: str) -> None:
+    async def main() -> None:
+        broker = RedisBroker(redis_url, 60)
+        try:
+            await broker.request_cancel("s_missed", 3)
+            await broker.request_cancel("s_other", None)
+            assert await broker.pending_cancels(["s_missed", "s_none"]) == [("s_missed", 3)]
+            # a stream whose keys were lost (a Redis restart) is unknown, not an error
+            await broker._redis.hset("runnel:m:s_lost", "last", 4)
+            assert await broker.meta("s_lost") is None
+            assert await broker.read("s_lost", 0, timeout=0) is None
+        finally:
+            await broker.aclose()
+
+    asyncio.run(main())

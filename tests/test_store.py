@@ -139,3 +139,20 @@ def test_delete_returns_the_active_stream(store_url: str) -> None:
         assert await store.list_messages("c_1") == []
 
     run_with_store(store_url, body)
+
+
+def test_a_reply_declared_interrupted_elsewhere_stays_interrupted(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        await store.create_conversation("c_1", "alice", "t", None, None)
+        await store.begin_reply("alice", "c_1", "s_1", reply("m_1", "s_1"))
+        await store.checkpoint([("m_1", "so far")])
+        assert await store.streaming_since(-1) == ["s_1"]
+        await store.interrupt_stream("s_1")
+        await store.finish_reply("m_1", "c_1", "s_1", ReplyOutcome("so far and more", "complete"))
+        message = await store.get_message("m_1")
+        assert message is not None
+        assert (message.status, message.content) == ("interrupted", "so far")
+        assert await store.streaming_since(-1) == []
+        assert (await store.get_conversation("alice", "c_1")).active_stream_id is None
+
+    run_with_store(store_url, body)

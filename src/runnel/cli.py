@@ -9,9 +9,9 @@ import math
 import socket
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
 from pydantic import ValidationError
 
 from runnel import __version__, logs
@@ -26,14 +26,23 @@ class DrainingServer(uvicorn.Server):
     """On shutdown, tell the generations to drain before uvicorn waits for connections, so
     open streams get their terminal event (complete, or INTERRUPTED when grace runs out)."""
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI, grace: float) -> None:
+    def __init__(self, config: uvicorn.Config, grace: float) -> None:
         super().__init__(config)
-        self.app = app
         self.grace = grace
         self._drain: asyncio.Task[None] | None = None
 
+    def _services(self) -> Any:
+        """The app's services, under uvicorn's middleware wrappers (also in a worker)."""
+        app: Any = self.config.loaded_app if self.config.loaded else self.config.app
+        while app is not None:
+            found = getattr(getattr(app, "state", None), "runnel", None)
+            if found is not None:
+                return found
+            app = getattr(app, "app", None)
+        return None
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        services = getattr(self.app.state, "runnel", None)
+        services = self._services()
         if services is not None:
             self._drain = asyncio.ensure_future(services.generations.shutdown(self.grace))
         await super().shutdown(sockets)
@@ -89,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_header=False,
     )
     log.info("runnel %s listening on http://%s:%d", __version__, args.host, args.port)
-    DrainingServer(config, app, settings.shutdown_grace).run()
+    DrainingServer(config, settings.shutdown_grace).run()
     return 0
 
 
@@ -108,6 +117,8 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int) -> int
         print(f"runnel: {exc}", file=sys.stderr)
         return 2
     log.info("runnel %s: %d workers on http://%s:%d", __version__, workers, host, port)
+    # each worker is a plain uvicorn server: on SIGTERM its streams are interrupted by the
+    # lifespan's shutdown once connections closed, not drained like a single process's
     uvicorn.run(
         "runnel.api.app:app_from_environment",
         factory=True,

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 
 from runnel import logs
 from runnel.broker import Broker, StreamMeta
-from runnel.broker.redis import LEASE_INTERVAL, RedisBroker
+from runnel.broker.redis import LEASE_INTERVAL, LEASE_TTL, RedisBroker
 from runnel.errors import Internal, Interrupted, Overloaded, RunnelError, StreamTimeout
 from runnel.events import Complete, Error, FinishReason, Status, Usage
 from runnel.ids import new_id
@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 
 Phase = Literal["starting", "opening", "streaming", "finishing", "done"]
 FINISH_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-LEASE_ERRORS: tuple[type[Exception], ...] = (RedisError, *STORE_ERRORS)
+LEASE_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, RunnelError, *STORE_ERRORS)
+SWEEP_EVERY = 15
+SWEEP_MARGIN = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,33 +441,55 @@ class GenerationService:
                     )
 
     async def _lease_loop(self, broker: RedisBroker) -> None:
-        """Renew this process's leases; interrupt streams whose generator's lease expired.
+        """Keep this process's leases, act on cancel requests left in Redis, and end the
+        streams of generators that died.
 
         A process killed mid-stream stops renewing; within ``LEASE_TTL + LEASE_INTERVAL``
         seconds one of the others appends ``INTERRUPTED`` to its log (readers stop waiting)
-        and stores its reply ``interrupted`` with the last checkpoint."""
+        and stores its reply ``interrupted`` with the last checkpoint. A process that cannot
+        renew for ``LEASE_TTL - LEASE_INTERVAL`` seconds stops its own generations first, so
+        a stream is never ended by another process while it still runs. Every
+        ``SWEEP_EVERY`` rounds, replies left ``streaming`` in the store without a live
+        lease (their lease vanished, e.g. with a Redis restart) are interrupted too."""
+        last_renewal = time.monotonic()
+        rounds = 0
         while True:
             try:
-                await broker.renew(list(self._active))
-                for stream_id in await broker.expired():
-                    if stream_id in self._active:
-                        continue
-                    error = Error(
-                        Interrupted.code,
-                        "the server generating this reply stopped",
-                        True,
-                        True,
-                        None,
-                    )
-                    if await broker.interrupt(stream_id, error):
-                        await self.store.interrupt_stream(stream_id)
-                        log.warning(
-                            "interrupted a stream whose generator stopped",
-                            extra={"fields": {"streamId": stream_id}},
-                        )
+                active = list(self._active)
+                await broker.renew(active)
+                last_renewal = time.monotonic()
+                for stream_id, kept_through in await broker.pending_cancels(active):
+                    self.cancel(stream_id, kept_through)
+                dead = await broker.expired()
+                rounds += 1
+                if rounds % SWEEP_EVERY == 0:
+                    quiet = max(self.settings.first_token_timeout, self.settings.stall_timeout)
+                    dead += await self.store.streaming_since(quiet + SWEEP_MARGIN)
+                for stream_id in dict.fromkeys(dead):
+                    if stream_id not in self._active and not await broker.alive(stream_id):
+                        await self._interrupt_dead(broker, stream_id)
             except LEASE_ERRORS as exc:
                 log.warning("lease upkeep failed (%s)", type(exc).__name__)
+                if time.monotonic() - last_renewal > LEASE_TTL - LEASE_INTERVAL:
+                    for gen in list(self._active.values()):
+                        self._abort(gen, Interrupted("lost contact with the event log (Redis)"))
             await asyncio.sleep(LEASE_INTERVAL)
+
+    async def _interrupt_dead(self, broker: RedisBroker, stream_id: str) -> None:
+        meta = await broker.meta(stream_id)
+        error = Error(
+            Interrupted.code,
+            "the server generating this reply stopped",
+            True,
+            True,
+            meta.message_id if meta else None,
+        )
+        if await broker.interrupt(stream_id, error):
+            await self.store.interrupt_stream(stream_id)
+            log.warning(
+                "interrupted a stream whose generator stopped",
+                extra={"fields": {"streamId": stream_id}},
+            )
 
     async def _checkpoint_loop(self) -> None:
         while True:

@@ -15,8 +15,9 @@ from limits import RateLimitItem, parse
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import ConfigurationError
 from limits.storage import storage_from_string
+from redis.exceptions import RedisError
 
-from runnel.errors import RateLimited
+from runnel.errors import Overloaded, RateLimited
 
 NAMESPACE = "runnel-replies"
 
@@ -45,8 +46,18 @@ class Quotas:
                 f"this server's limit: at most {self._cap} replies streaming at once per user",
                 retry_after=1.0,
             )
-        if self._rate is not None and not await self._limiter.hit(self._rate, NAMESPACE, user_id):
-            stats = await self._limiter.get_window_stats(self._rate, NAMESPACE, user_id)
+        if self._rate is None:
+            return
+        try:
+            admitted = await self._limiter.hit(self._rate, NAMESPACE, user_id)
+            stats = (
+                None
+                if admitted
+                else await self._limiter.get_window_stats(self._rate, NAMESPACE, user_id)
+            )
+        except (RedisError, OSError) as exc:
+            raise Overloaded("the rate limiter (Redis) is unavailable; try again shortly") from exc
+        if stats is not None:
             raise RateLimited(
                 f"this server's limit: {self._rate.amount} replies per "
                 f"{self._rate.multiples} {self._rate.GRANULARITY.name}(s)",

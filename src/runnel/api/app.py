@@ -43,7 +43,10 @@ def create_app(settings: Settings) -> FastAPI:
         broker: Broker
         if settings.redis_url:
             redis_broker = RedisBroker(
-                settings.redis_url, settings.stream_retention, settings.redis_max_connections
+                settings.redis_url,
+                settings.stream_retention,
+                settings.redis_max_connections,
+                longest_wait=settings.heartbeat_interval,
             )
             broker = redis_broker
         else:

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
 from runnel.errors import RunnelError
@@ -56,6 +57,13 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, "INVALID_REQUEST", str(exc.detail))
 
 
+async def _store_down(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("the database failed: %s", type(exc).__name__)
+    return error_response(
+        503, "OVERLOADED", "the database is unavailable; try again shortly", {"Retry-After": "2"}
+    )
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error", exc_info=exc)
     return error_response(500, "INTERNAL", "something went wrong on the server")
@@ -65,4 +73,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RunnelError, _runnel_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(SQLAlchemyError, _store_down)
     app.add_exception_handler(Exception, _unexpected)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +43,8 @@ CancelHandler = Callable[[str, int | None], object]
 # LEASE_TTL s after its last renewal
 LEASE_TTL = 6.0
 LEASE_INTERVAL = 2.0
+READ_MARGIN = 10.0
+CANCEL_TTL = 120
 WRITE_RETRY_MIN = 0.05
 WRITE_RETRY_MAX = 2.0
 
@@ -60,6 +61,10 @@ def _user(user_id: str) -> str:
     return f"runnel:u:{user_id}"
 
 
+def _cancel(stream_id: str) -> str:
+    return f"runnel:c:{stream_id}"
+
+
 def _encode(event: Event) -> bytes:
     if type(event) is str:
         return b'{"type":"token","content":' + orjson.dumps(event) + b"}"
@@ -67,13 +72,20 @@ def _encode(event: Event) -> bytes:
 
 
 class RedisBroker:
-    def __init__(self, url: str, retention: float, max_connections: int = 4096) -> None:
+    def __init__(
+        self,
+        url: str,
+        retention: float,
+        max_connections: int = 4096,
+        longest_wait: float = 15.0,
+    ) -> None:
         self.retention = max(1, round(retention))
         # redis-py's type hints cover bytes and str replies at once; this module reads bytes
         self._redis: Any = redis.Redis.from_url(
             url,
             socket_connect_timeout=2,
-            socket_timeout=None,
+            # a Redis that hangs fails a command after this long instead of holding it forever
+            socket_timeout=longest_wait + READ_MARGIN,
             health_check_interval=15,
             # every waiting reader holds one connection in XREAD BLOCK
             max_connections=max_connections,
@@ -81,6 +93,7 @@ class RedisBroker:
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
             retry_on_error=[ConnectionError, RedisTimeoutError],
         )
+        self._longest_wait = longest_wait
         self._next: dict[str, int] = {}
         self._owners: dict[str, str] = {}
         self._pending: list[tuple[str, int, bytes, bool]] = []
@@ -107,11 +120,12 @@ class RedisBroker:
             "model": meta.model,
         }
         try:
+            expiry = await self._now() + LEASE_TTL
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, ORPHAN_TTL)
-                pipe.zadd(LEASES, {meta.stream_id: time.time() + LEASE_TTL})
-                pipe.zadd(_user(meta.user_id), {meta.stream_id: time.time() + LEASE_TTL})
+                pipe.zadd(LEASES, {meta.stream_id: expiry})
+                pipe.zadd(_user(meta.user_id), {meta.stream_id: expiry})
                 pipe.expire(_user(meta.user_id), ORPHAN_TTL)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -169,7 +183,7 @@ class RedisBroker:
             fields = await self._redis.hgetall(_meta(stream_id))
         except (RedisError, OSError) as exc:
             raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
-        if not fields:
+        if b"user" not in fields:  # unknown, expired, or lost with a Redis restart
             return None
         return StreamMeta(
             stream_id,
@@ -193,30 +207,58 @@ class RedisBroker:
         if timeout <= 0:
             entries = await self._redis.xrange(key, min=f"0-{after + 1}", count=limit)
         else:
+            wait = min(timeout, self._longest_wait)
             found = await self._redis.xread(
-                {key: f"0-{after}"}, count=limit, block=max(1, int(timeout * 1000))
+                {key: f"0-{after}"}, count=limit, block=max(1, int(wait * 1000))
             )
             entries = found[0][1] if found else []
         if entries:
             events = [from_wire(orjson.loads(fields[b"e"])) for _, fields in entries]
             first = int(entries[0][0].split(b"-")[1])
             return Batch(first, events, isinstance(events[-1], TERMINAL))
-        last = await self._redis.hget(_meta(stream_id), "last")
-        if last is None and not await self._redis.exists(_meta(stream_id)):
+        user, last = await self._redis.hmget(_meta(stream_id), ["user", "last"])
+        if user is None:
             return None
         return Batch(after + 1, [], last is not None and after >= int(last))
 
     async def discard(self, stream_id: str) -> None:
         self._next.pop(stream_id, None)
         owner = self._owners.pop(stream_id, None)
-        if owner is not None:
-            await self._redis.zrem(_user(owner), stream_id)
-        await self._redis.delete(_stream(stream_id), _meta(stream_id))
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(_stream(stream_id), _meta(stream_id))
+                pipe.zrem(LEASES, stream_id)
+                if owner is not None:
+                    pipe.zrem(_user(owner), stream_id)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("discarding a stream in Redis failed (%s)", exc)
 
     # across processes
 
     async def request_cancel(self, stream_id: str, kept_through: int | None) -> None:
-        await self._redis.publish(CANCEL, orjson.dumps([stream_id, kept_through]))
+        """Publish the request, and leave it in a key the generator also checks with its
+        leases — so a listener that was reconnecting does not miss it."""
+        payload = orjson.dumps([stream_id, kept_through])
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(_cancel(stream_id), payload, ex=CANCEL_TTL)
+                pipe.publish(CANCEL, payload)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
+
+    async def pending_cancels(self, stream_ids: list[str]) -> list[tuple[str, int | None]]:
+        """Cancel requests left for these streams (see ``request_cancel``)."""
+        if not stream_ids:
+            return []
+        found = await self._redis.mget([_cancel(s) for s in stream_ids])
+        requests = []
+        for raw in found:
+            if raw is not None:
+                stream_id, kept_through = orjson.loads(raw)
+                requests.append((str(stream_id), kept_through))
+        return requests
 
     async def _listen(self) -> None:
         while True:
@@ -224,19 +266,30 @@ class RedisBroker:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.subscribe(CANCEL)
                     async for message in pubsub.listen():
-                        if message["type"] != "message" or self._on_cancel is None:
-                            continue
-                        stream_id, kept_through = orjson.loads(message["data"])
-                        self._on_cancel(stream_id, kept_through)
-            except RedisError as exc:
+                        if message["type"] == "message" and self._on_cancel is not None:
+                            self._dispatch_cancel(message["data"])
+            except (RedisError, OSError) as exc:
                 log.warning("the cancel channel failed (%s); reconnecting", exc)
                 await asyncio.sleep(1)
+
+    async def _now(self) -> float:
+        """Redis's clock: leases compare times written by different hosts."""
+        seconds, micros = await self._redis.time()
+        return float(seconds) + float(micros) / 1e6
+
+    def _dispatch_cancel(self, data: bytes) -> None:
+        try:
+            stream_id, kept_through = orjson.loads(data)
+            assert self._on_cancel is not None
+            self._on_cancel(str(stream_id), kept_through if isinstance(kept_through, int) else None)
+        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            log.warning("ignored a malformed cancel request (%s)", exc)
 
     async def renew(self, stream_ids: list[str], ttl: float = LEASE_TTL) -> None:
         """Extend the leases of the streams this process generates."""
         if not stream_ids:
             return
-        expiry = time.time() + ttl
+        expiry = await self._now() + ttl
         pipe = self._redis.pipeline(transaction=False)
         pipe.zadd(LEASES, dict.fromkeys(stream_ids, expiry))
         for stream_id in stream_ids:
@@ -248,17 +301,20 @@ class RedisBroker:
     async def user_streams(self, user_id: str) -> int:
         """How many streams of ``user_id`` are generating, in any process."""
         try:
-            count: int = await self._redis.zcount(_user(user_id), time.time(), "+inf")
+            count: int = await self._redis.zcount(_user(user_id), await self._now(), "+inf")
         except (RedisError, OSError) as exc:
             raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
         return count
 
     async def alive(self, stream_id: str) -> bool:
-        score = await self._redis.zscore(LEASES, stream_id)
-        return score is not None and score > time.time()
+        try:
+            score = await self._redis.zscore(LEASES, stream_id)
+            return score is not None and score > await self._now()
+        except (RedisError, OSError) as exc:
+            raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
 
     async def expired(self) -> list[str]:
-        found = await self._redis.zrangebyscore(LEASES, "-inf", time.time())
+        found = await self._redis.zrangebyscore(LEASES, "-inf", await self._now())
         return [item.decode() for item in found]
 
     async def interrupt(self, stream_id: str, error: Error) -> bool:

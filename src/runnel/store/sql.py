@@ -288,7 +288,8 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(messages)
-                .where(messages.c.id == message_id)
+                # a reply another process already declared interrupted stays so
+                .where(messages.c.id == message_id, messages.c.status == "streaming")
                 .values(
                     content=outcome.content,
                     status=outcome.status,
@@ -308,6 +309,17 @@ class Store:
                 )
                 .values(active_stream_id=None, updated_at=stamp)
             )
+
+    async def streaming_since(self, seconds: float) -> list[str]:
+        """Streams whose reply is ``streaming`` but was not checkpointed for ``seconds``."""
+        cutoff = now_ms() - int(seconds * 1000)
+        query = select(messages.c.stream_id).where(
+            messages.c.status == "streaming",
+            messages.c.updated_at < cutoff,
+            messages.c.stream_id.is_not(None),
+        )
+        async with self.engine.connect() as conn:
+            return [row[0] for row in (await conn.execute(query)).all()]
 
     async def interrupt_stream(self, stream_id: str) -> None:
         """Mark the reply of a stream whose generator died ``interrupted`` (its content is the
