@@ -27,11 +27,13 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql import ColumnElement, Update
 
 from runnel.errors import InvalidRequest, NotFound, StreamInProgress
 from runnel.store.records import Conversation, Message, NewMessage, ReplyOutcome
@@ -221,13 +223,10 @@ class Store:
                 raise StreamInProgress("this conversation already has a reply streaming")
             if stale is not None:
                 await conn.execute(
-                    update(messages)
-                    .where(messages.c.stream_id == stale, messages.c.status == "streaming")
-                    .values(
-                        status="interrupted",
-                        error_code="INTERRUPTED",
-                        error_message="the outcome of this reply could not be saved",
-                        updated_at=stamp,
+                    _interrupt(
+                        messages.c.stream_id == stale,
+                        "the outcome of this reply could not be saved",
+                        stamp,
                     )
                 )
             if replace is not None:
@@ -327,13 +326,10 @@ class Store:
         stamp = now_ms()
         async with self.engine.begin() as conn:
             await conn.execute(
-                update(messages)
-                .where(messages.c.stream_id == stream_id, messages.c.status == "streaming")
-                .values(
-                    status="interrupted",
-                    error_code="INTERRUPTED",
-                    error_message="the server generating this reply stopped",
-                    updated_at=stamp,
+                _interrupt(
+                    messages.c.stream_id == stream_id,
+                    "the server generating this reply stopped",
+                    stamp,
                 )
             )
             await conn.execute(
@@ -351,14 +347,7 @@ class Store:
         stamp = now_ms()
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                update(messages)
-                .where(messages.c.status == "streaming")
-                .values(
-                    status="interrupted",
-                    error_code="INTERRUPTED",
-                    error_message="the server stopped while this reply was streaming",
-                    updated_at=stamp,
-                )
+                _interrupt(true(), "the server stopped while this reply was streaming", stamp)
             )
             await conn.execute(
                 update(conversations)
@@ -366,6 +355,20 @@ class Store:
                 .values(active_stream_id=None)
             )
         return int(result.rowcount or 0)
+
+
+def _interrupt(which: ColumnElement[bool], reason: str, stamp: int) -> Update:
+    """The statement marking the ``streaming`` messages ``which`` as interrupted."""
+    return (
+        update(messages)
+        .where(which, messages.c.status == "streaming")
+        .values(
+            status="interrupted",
+            error_code="INTERRUPTED",
+            error_message=reason,
+            updated_at=stamp,
+        )
+    )
 
 
 async def _conversation(conn: AsyncConnection, user_id: str, conversation_id: str) -> Conversation:
