@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
@@ -25,15 +26,25 @@ from tests.sse_client import open_stream, stream
 SLOW = {"demo_tokens_per_second": "25", "demo_reply_tokens": "400"}
 
 
+@dataclass
+class Pair:
+    """Two Runnel processes on one PostgreSQL and one Redis, with a client for each."""
+
+    process_a: subprocess.Popen[str]
+    a: httpx2.Client
+    b: httpx2.Client
+    url_b: str
+
+
 @pytest.fixture
-def pair(
-    tmp_path: Path, postgres_url: str, redis_url: str
-) -> Iterator[tuple[tuple[object, str], tuple[object, str]]]:
+def pair(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Pair]:
     shared = {"database_url": postgres_url, "redis_url": redis_url, **SLOW}
     with ExitStack() as stack:
-        a = stack.enter_context(runnel_process(tmp_path / "a", **shared))
-        b = stack.enter_context(runnel_process(tmp_path / "b", **shared))
-        yield a, b
+        process_a, url_a = stack.enter_context(runnel_process(tmp_path / "a", **shared))
+        _, url_b = stack.enter_context(runnel_process(tmp_path / "b", **shared))
+        a = stack.enter_context(httpx2.Client(base_url=url_a, timeout=30))
+        b = stack.enter_context(httpx2.Client(base_url=url_b, timeout=30))
+        yield Pair(process_a, a, b, url_b)
 
 
 def wait_reply(url: str, cid: str, timeout: float = 20) -> dict[str, object]:
@@ -47,94 +58,86 @@ def wait_reply(url: str, cid: str, timeout: float = 20) -> dict[str, object]:
         time.sleep(0.05)
 
 
-def test_resume_cancel_and_busy_across_processes(pair) -> None:  # type: ignore[no-untyped-def]
-    (_, url_a), (_, url_b) = pair
-    with (
-        httpx2.Client(base_url=url_a, timeout=30) as a,
-        httpx2.Client(base_url=url_b, timeout=30) as b,
-    ):
-        cid = new_conversation(a)
-        with open_stream(
-            a, "POST", f"/api/v1/conversations/{cid}/messages", json={"content": "hi"}
-        ) as live:
-            head = live.take(6)
-            stream_id = head.events[0].data["streamId"]
+def test_resume_cancel_and_busy_across_processes(pair: Pair) -> None:
+    a, b, url_b = pair.a, pair.b, pair.url_b
+    cid = new_conversation(a)
+    with open_stream(
+        a, "POST", f"/api/v1/conversations/{cid}/messages", json={"content": "hi"}
+    ) as live:
+        head = live.take(6)
+        stream_id = head.events[0].data["streamId"]
 
-            # B sees the conversation busy and refuses a second message
-            assert b.get(f"/api/v1/conversations/{cid}").json()["activeStreamId"] == stream_id
-            busy = b.post(f"/api/v1/conversations/{cid}/messages", json={"content": "again"})
-            assert busy.status_code == 409
-            assert error_of(busy) == "STREAM_IN_PROGRESS"
+        # B sees the conversation busy and refuses a second message
+        assert b.get(f"/api/v1/conversations/{cid}").json()["activeStreamId"] == stream_id
+        busy = b.post(f"/api/v1/conversations/{cid}/messages", json={"content": "again"})
+        assert busy.status_code == 409
+        assert error_of(busy) == "STREAM_IN_PROGRESS"
 
-            # B resumes A's stream: no duplicate, no gap
-            with open_stream(
-                b,
-                "GET",
-                f"/api/v1/streams/{stream_id}",
-                headers={"last-event-id": str(head.events[-1].id)},
-            ) as resumed:
-                more = resumed.take(4)
-                assert more.events[0].id == (head.events[-1].id or 0) + 1
-                # cancel on B stops the generation on A
-                answer = b.post(f"/api/v1/streams/{stream_id}/cancel")
-                assert answer.status_code == 202
-                assert answer.json()["status"] == "cancelling"
-                rest = resumed.rest()
-            tail = live.rest()
-        assert rest.terminal.data["finishReason"] == "cancelled"
-        assert tail.terminal.data == rest.terminal.data
-        whole = head.text + tail.text
-        assert whole.startswith(head.text + more.text)
-        reply = wait_reply(url_b, cid)
-        assert reply["status"] == "cancelled"
-        assert reply["content"] == whole
-        assert len(whole) < 2000
-        again = b.post(f"/api/v1/streams/{stream_id}/cancel")
-        assert again.json()["status"] == "finished"
-        # the conversation is free again, from either process
-        done = stream(
-            b,
-            "POST",
-            f"/api/v1/conversations/{cid}/messages",
-            json={"content": "next"},
-            stop_after=3,
-        )
-        assert done.status == 200
-
-
-def test_a_killed_generator_is_interrupted_for_readers_elsewhere(pair) -> None:  # type: ignore[no-untyped-def]
-    (process_a, url_a), (_, url_b) = pair
-    with (
-        httpx2.Client(base_url=url_a, timeout=30) as a,
-        httpx2.Client(base_url=url_b, timeout=30) as b,
-    ):
-        cid = new_conversation(a)
-        with open_stream(
-            a, "POST", f"/api/v1/conversations/{cid}/messages", json={"content": "hi"}
-        ) as live:
-            head = live.take(40)
-            stream_id = head.events[0].data["streamId"]
-        time.sleep(1.2)  # at least one checkpoint
+        # B resumes A's stream: no duplicate, no gap
         with open_stream(
             b,
             "GET",
             f"/api/v1/streams/{stream_id}",
             headers={"last-event-id": str(head.events[-1].id)},
         ) as resumed:
-            resumed.take(1)
-            process_a.send_signal(signal.SIGKILL)
-            killed_at = time.monotonic()
+            more = resumed.take(4)
+            assert more.events[0].id == (head.events[-1].id or 0) + 1
+            # cancel on B stops the generation on A
+            answer = b.post(f"/api/v1/streams/{stream_id}/cancel")
+            assert answer.status_code == 202
+            assert answer.json()["status"] == "cancelling"
             rest = resumed.rest()
-            waited = time.monotonic() - killed_at
-        error = rest.terminal.data
-        assert error["type"] == "error"
-        assert error["code"] == "INTERRUPTED"
-        assert waited < 15, f"readers waited {waited:.1f} s"
-        reply = wait_reply(url_b, cid)
-        assert reply["status"] == "interrupted"
-        assert reply["error"]["code"] == "INTERRUPTED"
-        assert len(reply["content"]) >= len(head.text)
-        assert reply["content"].startswith(head.text)
+        tail = live.rest()
+    assert rest.terminal.data["finishReason"] == "cancelled"
+    assert tail.terminal.data == rest.terminal.data
+    whole = head.text + tail.text
+    assert whole.startswith(head.text + more.text)
+    reply = wait_reply(url_b, cid)
+    assert reply["status"] == "cancelled"
+    assert reply["content"] == whole
+    assert len(whole) < 2000
+    again = b.post(f"/api/v1/streams/{stream_id}/cancel")
+    assert again.json()["status"] == "finished"
+    # the conversation is free again, from either process
+    done = stream(
+        b,
+        "POST",
+        f"/api/v1/conversations/{cid}/messages",
+        json={"content": "next"},
+        stop_after=3,
+    )
+    assert done.status == 200
+
+
+def test_a_killed_generator_is_interrupted_for_readers_elsewhere(pair: Pair) -> None:
+    process_a, a, b, url_b = pair.process_a, pair.a, pair.b, pair.url_b
+    cid = new_conversation(a)
+    with open_stream(
+        a, "POST", f"/api/v1/conversations/{cid}/messages", json={"content": "hi"}
+    ) as live:
+        head = live.take(40)
+        stream_id = head.events[0].data["streamId"]
+    time.sleep(1.2)  # at least one checkpoint
+    with open_stream(
+        b,
+        "GET",
+        f"/api/v1/streams/{stream_id}",
+        headers={"last-event-id": str(head.events[-1].id)},
+    ) as resumed:
+        resumed.take(1)
+        process_a.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        rest = resumed.rest()
+        waited = time.monotonic() - killed_at
+    error = rest.terminal.data
+    assert error["type"] == "error"
+    assert error["code"] == "INTERRUPTED"
+    assert waited < 15, f"readers waited {waited:.1f} s"
+    reply = wait_reply(url_b, cid)
+    assert reply["status"] == "interrupted"
+    assert reply["error"]["code"] == "INTERRUPTED"
+    assert len(reply["content"]) >= len(head.text)
+    assert reply["content"].startswith(head.text)
 
 
 @pytest.fixture

@@ -140,13 +140,6 @@ class GenerationService:
             loop_task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
 
-    @property
-    def active_count(self) -> int:
-        return len(self._active)
-
-    def get(self, stream_id: str) -> Generation | None:
-        return self._active.get(stream_id)
-
     async def user_streams(self, user_id: str) -> int:
         """Replies of ``user_id`` generating now (in every process, with Redis)."""
         if isinstance(self.broker, RedisBroker):
