@@ -3,44 +3,38 @@
 Tests point ``openai.AsyncOpenAI(base_url=fake.url)`` at a ``FakeOpenAI`` and script what each
 model answers: the tokens and their pacing, HTTP errors, a connection dropped mid-stream, UTF-8
 characters torn across socket writes. Every request is recorded, including when its connection
-closed and whether the client was the one that hung up.
-
-It is a raw ``asyncio.start_server`` HTTP/1.1 server rather than an app on a web framework
-because the tests need to control every byte on the wire (chunk framing, hand-made SSE frames,
-abrupt closes, deliberately split writes) and to see the exact moment the client goes away,
-which frameworks hide behind their own buffering and error handling. It runs its own event loop
-in a daemon thread, so it serves sync tests and tests that call ``asyncio.run`` alike.
+closed and whether the client was the one that hung up (``tests/fakes/httpserver.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
-import enum
-import http
-import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import orjson
 
+from tests.fakes.httpserver import (
+    PROMPT_TOKENS,
+    STREAM_HEADERS,
+    Connection,
+    FakeServer,
+    HttpRequest,
+    Outcome,
+    RecordedRequest,
+    Script,
+    head,
+    parse_json_object,
+    pause,
+    reason,
+    send_chunk,
+    send_json,
+)
+
+__all__ = ["FakeOpenAI", "RecordedRequest", "Script"]
+
 _COMPLETION_ID = "chatcmpl-fake"
 _CREATED = 1_700_000_000
-_PROMPT_TOKENS = 11
-_HEAD_LIMIT = 64 * 1024
-_READ_SIZE = 64 * 1024
-_SPLIT_PAUSE = 0.01
-_START_TIMEOUT = 5.0
-_STOP_TIMEOUT = 5.0
-_STREAM_HEADERS = (
-    ("content-type", "text/event-stream; charset=utf-8"),
-    ("transfer-encoding", "chunked"),
-    ("cache-control", "no-cache"),
-)
+
 _DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
     400: ("Invalid request.", "invalid_request_error", None),
     401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
@@ -60,415 +54,96 @@ _DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
 }
 
 
-def _default_tokens() -> list[str | bytes]:
-    return ["Hello", ",", " world", "!"]
-
-
-@dataclass
-class Script:
-    """How the fake answers a chat completion request.
-
-    A ``str`` token becomes one ``chat.completion.chunk`` delta; a ``bytes`` token is written
-    as-is as its own HTTP chunk of the SSE body (for garbage or hand-made frames). ``delay``
-    separates consecutive token chunks; the finish, usage and ``[DONE]`` events follow the last
-    token at once. ``drop_after`` closes the connection after that many token chunks (a value
-    of at least ``len(tokens)`` drops it right before the finish chunk); for a non-streaming
-    request it closes the connection instead of replying. A non-streaming reply is sent after
-    ``headers_delay + first_delay + delay * (len(tokens) - 1)``.
-    """
-
-    tokens: list[str | bytes] = field(default_factory=_default_tokens)
-    delay: float = 0.0
-    first_delay: float = 0.0
-    headers_delay: float = 0.0
-    status: int = 200
-    error_body: dict[str, Any] | None = None
-    retry_after: str | None = None
-    finish_reason: str = "stop"
-    usage: dict[str, Any] | None = None
-    drop_after: int | None = None
-    split_utf8: bool = False
-    done: bool = True
-
-
-@dataclass
-class RecordedRequest:
-    """One request as the fake received it, and what became of its connection.
-
-    ``closed`` is set once the connection that carried the request is closed, by either side.
-    ``closed_by_client`` is True only when the client hung up before the reply was complete.
-    ``closed_at`` is when the client's EOF or reset was seen (also for a kept-alive connection
-    the client closed later); it stays None when the server closed the connection.
-    """
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-    received_at: float
-    closed_at: float | None = None
-    closed: threading.Event = field(default_factory=threading.Event)
-    closed_by_client: bool = False
-    chunks_sent: int = 0  # token chunks written so far (streaming replies)
-
-
-def _mark_closed(record: RecordedRequest, *, by_client: bool, at: float | None) -> None:
-    if record.closed.is_set():
-        return
-    record.closed_by_client = by_client
-    record.closed_at = at
-    record.closed.set()
-
-
-class _BadRequest(Exception):
-    """The client sent bytes that are not HTTP/1.1; the connection is dropped."""
-
-
-class _Outcome(enum.Enum):
-    DONE = "done"  # the reply is complete; the connection may carry another request
-    SERVER_CLOSED = "server_closed"  # the script hung up on purpose
-    CLIENT_GONE = "client_gone"  # the client closed or reset the connection first
-
-
-@dataclass
-class _HttpRequest:
-    method: str
-    target: str
-    version: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class _Connection:
-    """One client socket. A pump task reads it continuously, so a hang-up is seen at any time."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._buffer = bytearray()
-        self._changed = asyncio.Event()
-        self.eof = asyncio.Event()
-        self.eof_at: float | None = None
-        self.keep_alive = True
-        self.records: list[RecordedRequest] = []
-        self._pump = asyncio.create_task(self._read_forever())
-
-    async def _read_forever(self) -> None:
-        try:
-            while data := await self._reader.read(_READ_SIZE):
-                self._buffer += data
-                self._changed.set()
-        except OSError:
-            pass
-        self.eof_at = time.monotonic()
-        self.eof.set()
-        self._changed.set()
-
-    async def _wait_for_data(self) -> bool:
-        if self.eof.is_set():
-            return False
-        self._changed.clear()
-        await self._changed.wait()
-        return True
-
-    def _take(self, size: int) -> bytes:
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
-
-    async def read_until(self, separator: bytes) -> bytes | None:
-        """The bytes up to and including ``separator``; None if the client closed first."""
-        while (index := self._buffer.find(separator)) < 0:
-            if len(self._buffer) > _HEAD_LIMIT:
-                raise _BadRequest("line too long")
-            if not await self._wait_for_data():
-                return None
-        return self._take(index + len(separator))
-
-    async def read_exactly(self, size: int) -> bytes | None:
-        """Exactly ``size`` bytes; None if the client closed first."""
-        while len(self._buffer) < size:
-            if not await self._wait_for_data():
-                return None
-        return self._take(size)
-
-    async def write(self, data: bytes) -> None:
-        if self._writer.transport.is_closing():
-            raise ConnectionResetError("connection already closed")
-        self._writer.write(data)
-        await self._writer.drain()
-
-    def close(self, *, abort: bool = False) -> None:
-        """Close the socket, flushing what was written unless ``abort``."""
-        self._pump.cancel()
-        if abort:
-            self._writer.transport.abort()
-        else:
-            self._writer.close()
-
-
-class FakeOpenAI:
-    """A fake OpenAI-compatible server on 127.0.0.1, on its own event loop in a daemon thread."""
+class FakeOpenAI(FakeServer):
+    """A fake OpenAI-compatible server (``/v1/chat/completions``, ``/v1/models``)."""
 
     def __init__(self) -> None:
-        self.default = Script()
-        self.models: list[str] = ["gpt-4o", "gpt-4o-mini"]
-        self.requests: list[RecordedRequest] = []
-        self._scripts: dict[str, Script] = {}
-        self._queues: dict[str, collections.deque[Script]] = {}
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._port: int | None = None
-        self._failure: BaseException | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
-        self._errors: list[dict[str, Any]] = []  # the fake's own bugs, kept quiet but inspectable
-
-    # -- public API -------------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("FakeOpenAI is not started")
-        return self._port
+        super().__init__()
+        self.models = ["gpt-4o", "gpt-4o-mini"]
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def script(self, model: str, script: Script) -> None:
-        with self._lock:
-            self._scripts[model] = script
-
-    def queue(self, model: str, *scripts: Script) -> None:
-        with self._lock:
-            self._queues.setdefault(model, collections.deque()).extend(scripts)
-
-    def start(self) -> Self:
-        if self._thread is not None:
-            raise RuntimeError("FakeOpenAI is already started")
-        self._ready.clear()
-        self._thread = threading.Thread(target=self._run, name="fake-openai", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(_START_TIMEOUT):
-            raise RuntimeError("FakeOpenAI did not start listening in time")
-        if self._failure is not None:
-            self._thread = None
-            raise RuntimeError("FakeOpenAI failed to start") from self._failure
-        return self
-
-    def stop(self) -> None:
-        thread, loop, stopping = self._thread, self._loop, self._stopping
-        if thread is None:
-            return
-        if loop is not None and stopping is not None:
-            with contextlib.suppress(RuntimeError):  # the loop already ended
-                loop.call_soon_threadsafe(stopping.set)
-        thread.join(_STOP_TIMEOUT)
-        self._thread = None
-        self._loop = None
-        self._port = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # -- event loop and connections -----------------------------------------------------------
-
-    def _run(self) -> None:
-        self._failure = None
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # start() reports it; the thread must not print
-            self._failure = exc
-        finally:
-            self._ready.set()
-
-    async def _main(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.set_exception_handler(self._on_loop_error)
-        self._loop = loop
-        self._stopping = asyncio.Event()
-        server = await asyncio.start_server(self._on_connect, "127.0.0.1", 0)
-        self._port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
-            await self._stopping.wait()
-        finally:
-            server.close()
-            await self._close_connections()
-            await server.wait_closed()
-
-    async def _close_connections(self) -> None:
-        handlers = list(self._handlers)
-        for task in handlers:
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
-        await asyncio.sleep(0)  # let the closed transports release their sockets
-
-    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        self._errors.append(context)
-
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        conn = _Connection(reader, writer)
-        stopping = False
-        try:
-            await self._serve(conn)
-        except asyncio.CancelledError:
-            stopping = True  # stop(): end quietly so asyncio's done-callback logs nothing
-        except Exception as exc:  # a bug in the fake: kept in _errors, never printed
-            self._errors.append({"message": "connection handler failed", "exception": exc})
-        finally:
-            self._handlers.discard(task)
-            conn.close(abort=stopping)  # a client that stopped reading must not delay stop()
-            for record in conn.records:
-                _mark_closed(record, by_client=False, at=conn.eof_at)
-
-    async def _serve(self, conn: _Connection) -> None:
-        while True:
-            try:
-                request = await _read_request(conn)
-            except _BadRequest:
-                return
-            if request is None:
-                return
-            record = self._record(request)
-            conn.records.append(record)
-            conn.keep_alive = _wants_keep_alive(request)
-            outcome = await self._reply_watching_hangup(conn, request, record)
-            if outcome is _Outcome.CLIENT_GONE:
-                _mark_closed(record, by_client=True, at=conn.eof_at or time.monotonic())
-            if outcome is not _Outcome.DONE or not conn.keep_alive:
-                return
-
-    def _record(self, request: _HttpRequest) -> RecordedRequest:
-        record = RecordedRequest(
-            method=request.method,
-            path=request.target,
-            headers=request.headers,
-            body=_parse_json_object(request.body) or {},
-            received_at=time.monotonic(),
-        )
-        with self._lock:
-            self.requests.append(record)
-        return record
-
-    async def _reply_watching_hangup(
-        self, conn: _Connection, request: _HttpRequest, record: RecordedRequest
-    ) -> _Outcome:
-        """Write the reply while watching the socket; a client hang-up cancels the writing."""
-        reply = asyncio.create_task(self._route(conn, request, record))
-        hangup = asyncio.create_task(conn.eof.wait())
-        try:
-            await asyncio.wait((reply, hangup), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            reply.cancel()
-            hangup.cancel()
-            await asyncio.gather(reply, hangup, return_exceptions=True)
-        if reply.cancelled():
-            return _Outcome.CLIENT_GONE
-        error = reply.exception()
-        if isinstance(error, OSError):
-            return _Outcome.CLIENT_GONE
-        if error is not None:
-            raise error
-        return reply.result()
-
-    # -- routes -------------------------------------------------------------------------------
-
     async def _route(
-        self, conn: _Connection, request: _HttpRequest, record: RecordedRequest
-    ) -> _Outcome:
+        self, conn: Connection, request: HttpRequest, record: RecordedRequest
+    ) -> Outcome:
         path = record.path.partition("?")[0]
         if record.method == "POST" and path == "/v1/chat/completions":
             return await self._chat(conn, request, record)
         if record.method == "GET" and path == "/v1/models":
-            return await _send_json(conn, 200, _model_list(self.models))
+            return await send_json(conn, 200, _model_list(self.models))
         message = f"Unknown request URL: {record.method} {path}."
-        return await _send_json(
+        return await send_json(
             conn, 404, _error_body(message, "invalid_request_error", "unknown_url")
         )
 
-    def _pick_script(self, model: str) -> Script:
-        with self._lock:
-            queued = self._queues.get(model)
-            if queued:
-                return queued.popleft()
-            return self._scripts.get(model, self.default)
-
     async def _chat(
-        self, conn: _Connection, request: _HttpRequest, record: RecordedRequest
-    ) -> _Outcome:
-        if _parse_json_object(request.body) is None:
+        self, conn: Connection, request: HttpRequest, record: RecordedRequest
+    ) -> Outcome:
+        if parse_json_object(request.body) is None:
             message = "We could not parse the JSON body of your request."
-            return await _send_json(conn, 400, _error_body(message, "invalid_request_error", None))
+            return await send_json(conn, 400, _error_body(message, "invalid_request_error", None))
         model = str(record.body.get("model", ""))
         script = self._pick_script(model)
-        await _pause(script.headers_delay)
+        await pause(script.headers_delay)
         if script.status != 200:
             return await _send_error(conn, script)
+        if script.refuse_streaming and record.body.get("stream"):
+            message = "Streaming is not supported for this model."
+            return await send_json(conn, 400, _error_body(message, "invalid_request_error", None))
         if record.body.get("stream"):
             return await _stream(conn, script, model, _wants_usage(record.body), record)
         return await _complete(conn, script, model)
 
 
-# -- replies ----------------------------------------------------------------------------------
+# -- replies --------------------------------------------------------------------------------
 
 
 async def _stream(
-    conn: _Connection, script: Script, model: str, include_usage: bool, record: RecordedRequest
-) -> _Outcome:
-    await conn.write(_head(200, _STREAM_HEADERS, conn.keep_alive))
-    await _pause(script.first_delay)
-    sent = (
-        len(script.tokens)
-        if script.drop_after is None
-        else min(script.drop_after, len(script.tokens))
-    )
+    conn: Connection, script: Script, model: str, include_usage: bool, record: RecordedRequest
+) -> Outcome:
+    await conn.write(head(200, STREAM_HEADERS, conn.keep_alive))
+    await pause(script.first_delay)
+    cut = script.drop_after if script.error_after is None else script.error_after
+    sent = len(script.tokens) if cut is None else min(cut, len(script.tokens))
     role_sent = False
     for index, token in enumerate(script.tokens[:sent]):
         if index:
-            await _pause(script.delay)
+            await pause(script.delay)
         if isinstance(token, bytes):
-            await _send_chunk(conn, token, script.split_utf8)
+            await send_chunk(conn, token, script.split_utf8)
             record.chunks_sent += 1
             continue
         delta = {"content": token} if role_sent else {"role": "assistant", "content": token}
         role_sent = True
         choice = {"index": 0, "delta": delta, "finish_reason": None}
-        await _send_chunk(conn, _sse_chunk(model, [choice], include_usage), script.split_utf8)
+        await send_chunk(conn, _sse_chunk(model, [choice], include_usage), script.split_utf8)
         record.chunks_sent += 1
+    if script.error_after is not None:
+        error = _error_body("The server is overloaded.", "server_error", "overloaded")
+        await send_chunk(conn, b"data: " + orjson.dumps(error) + b"\n\n", False)
+        await conn.write(b"0\r\n\r\n")
+        return Outcome.DONE
     if script.drop_after is not None:
         conn.close()
-        return _Outcome.SERVER_CLOSED
-    finish = {"index": 0, "delta": {}, "finish_reason": script.finish_reason}
-    await _send_chunk(conn, _sse_chunk(model, [finish], include_usage), script.split_utf8)
+        return Outcome.SERVER_CLOSED
+    finish = {"index": 0, "delta": {}, "finish_reason": _finish_reason(script)}
+    await send_chunk(conn, _sse_chunk(model, [finish], include_usage), script.split_utf8)
     if include_usage:
         usage_event = _sse_chunk(model, [], include_usage, _usage(script))
-        await _send_chunk(conn, usage_event, script.split_utf8)
+        await send_chunk(conn, usage_event, script.split_utf8)
     if script.done:
-        await _send_chunk(conn, b"data: [DONE]\n\n", script.split_utf8)
+        await send_chunk(conn, b"data: [DONE]\n\n", script.split_utf8)
     await conn.write(b"0\r\n\r\n")
-    return _Outcome.DONE
+    return Outcome.DONE
 
 
-async def _complete(conn: _Connection, script: Script, model: str) -> _Outcome:
-    await _pause(script.first_delay + script.delay * max(len(script.tokens) - 1, 0))
+async def _complete(conn: Connection, script: Script, model: str) -> Outcome:
+    await pause(script.first_delay + script.delay * max(len(script.tokens) - 1, 0))
     if script.drop_after is not None:
         conn.close()
-        return _Outcome.SERVER_CLOSED
+        return Outcome.SERVER_CLOSED
     text = "".join(token for token in script.tokens if isinstance(token, str))
     completion = {
         "id": _COMPLETION_ID,
@@ -479,51 +154,23 @@ async def _complete(conn: _Connection, script: Script, model: str) -> _Outcome:
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "finish_reason": script.finish_reason,
+                "finish_reason": _finish_reason(script),
                 "logprobs": None,
             }
         ],
         "usage": _usage(script),
     }
-    return await _send_json(conn, 200, completion)
+    return await send_json(conn, 200, completion)
 
 
-async def _send_error(conn: _Connection, script: Script) -> _Outcome:
+async def _send_error(conn: Connection, script: Script) -> Outcome:
     body = script.error_body if script.error_body is not None else _default_error(script.status)
     extra = () if script.retry_after is None else (("retry-after", script.retry_after),)
-    return await _send_json(conn, script.status, body, extra)
+    return await send_json(conn, script.status, body, extra)
 
 
-async def _send_json(
-    conn: _Connection, status: int, payload: object, extra: Sequence[tuple[str, str]] = ()
-) -> _Outcome:
-    body = orjson.dumps(payload)
-    headers = (("content-type", "application/json"), ("content-length", str(len(body))), *extra)
-    await conn.write(_head(status, headers, conn.keep_alive) + body)
-    return _Outcome.DONE
-
-
-async def _send_chunk(conn: _Connection, payload: bytes, split_utf8: bool) -> None:
-    """Write ``payload`` as one HTTP chunk, optionally torn in two inside a UTF-8 character."""
-    if not payload:
-        return  # an empty chunk would end the chunked body
-    size_line = b"%x\r\n" % len(payload)
-    frame = size_line + payload + b"\r\n"
-    if not split_utf8:
-        await conn.write(frame)
-        return
-    cut = len(size_line) + _split_point(payload)
-    await conn.write(frame[:cut])
-    await asyncio.sleep(_SPLIT_PAUSE)
-    await conn.write(frame[cut:])
-
-
-def _split_point(payload: bytes) -> int:
-    """An index inside the first multi-byte UTF-8 character, else the middle."""
-    for index, byte in enumerate(payload):
-        if byte >= 0xC0:  # the lead byte of a multi-byte sequence
-            return index + 1
-    return max(len(payload) // 2, 1)
+def _finish_reason(script: Script) -> str:
+    return "stop" if script.finish_reason is None else script.finish_reason
 
 
 def _sse_chunk(
@@ -549,9 +196,9 @@ def _usage(script: Script) -> dict[str, Any]:
         return script.usage
     completion = len(script.tokens)
     return {
-        "prompt_tokens": _PROMPT_TOKENS,
+        "prompt_tokens": PROMPT_TOKENS,
         "completion_tokens": completion,
-        "total_tokens": _PROMPT_TOKENS + completion,
+        "total_tokens": PROMPT_TOKENS + completion,
     }
 
 
@@ -563,122 +210,12 @@ def _default_error(status: int) -> dict[str, Any]:
     if status in _DEFAULT_ERRORS:
         return _error_body(*_DEFAULT_ERRORS[status])
     kind = "server_error" if status >= 500 else "invalid_request_error"
-    return _error_body(_reason(status), kind, None)
+    return _error_body(reason(status), kind, None)
 
 
 def _model_list(models: Sequence[str]) -> dict[str, Any]:
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in models]
     return {"object": "list", "data": data}
-
-
-def _head(status: int, headers: Sequence[tuple[str, str]], keep_alive: bool) -> bytes:
-    lines = [
-        f"HTTP/1.1 {status} {_reason(status)}",
-        *(f"{name}: {value}" for name, value in headers),
-    ]
-    if not keep_alive:
-        lines.append("connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def _reason(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
-async def _pause(seconds: float) -> None:
-    if seconds > 0:
-        await asyncio.sleep(seconds)
-
-
-# -- request parsing --------------------------------------------------------------------------
-
-
-async def _read_request(conn: _Connection) -> _HttpRequest | None:
-    """The next request on the connection; None once the client closed it."""
-    head = await conn.read_until(b"\r\n\r\n")
-    if head is None:
-        return None
-    request_line, *header_lines = head.decode("latin-1").strip().split("\r\n")
-    parts = request_line.split(" ")
-    if len(parts) != 3:
-        raise _BadRequest(request_line)
-    method, target, version = parts
-    headers = _parse_headers(header_lines)
-    body = await _read_body(conn, headers)
-    if body is None:
-        return None
-    return _HttpRequest(method, target, version, headers, body)
-
-
-def _parse_headers(lines: Sequence[str]) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise _BadRequest(line)
-        key = name.strip().lower()
-        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-    return headers
-
-
-async def _read_body(conn: _Connection, headers: dict[str, str]) -> bytes | None:
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return await _read_chunked_body(conn)
-    length = headers.get("content-length", "0")
-    try:
-        size = int(length)
-    except ValueError:
-        raise _BadRequest(f"content-length: {length}") from None
-    return await conn.read_exactly(size)
-
-
-async def _read_chunked_body(conn: _Connection) -> bytes | None:
-    body = bytearray()
-    while True:
-        size_line = await conn.read_until(b"\r\n")
-        if size_line is None:
-            return None
-        size = _chunk_size(size_line)
-        if size == 0:
-            break
-        data = await conn.read_exactly(size + 2)
-        if data is None:
-            return None
-        body += data[:-2]
-    while True:  # optional trailer fields, then the empty line
-        line = await conn.read_until(b"\r\n")
-        if line is None:
-            return None
-        if line == b"\r\n":
-            return bytes(body)
-
-
-def _chunk_size(line: bytes) -> int:
-    try:
-        return int(line.split(b";", 1)[0].strip(), 16)
-    except ValueError:
-        raise _BadRequest(f"chunk size {line!r}") from None
-
-
-def _parse_json_object(raw: bytes) -> dict[str, Any] | None:
-    """The JSON object in ``raw`` ({} when empty); None when it is not a JSON object."""
-    if not raw.strip():
-        return {}
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _wants_keep_alive(request: _HttpRequest) -> bool:
-    tokens = {token.strip().lower() for token in request.headers.get("connection", "").split(",")}
-    if request.version == "HTTP/1.0":
-        return "keep-alive" in tokens
-    return "close" not in tokens
 
 
 def _wants_usage(body: dict[str, Any]) -> bool:
