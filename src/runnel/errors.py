@@ -11,6 +11,7 @@
     ├── ModelNotFound                MODEL_NOT_FOUND  400
     ├── ProviderAuth                 PROVIDER_AUTH    502
     ├── ProviderError                PROVIDER_ERROR   502  (retryable)
+    │   └── StreamingUnsupported     PROVIDER_ERROR   502  (the router retries unstreamed)
     ├── ContextLengthExceeded        CONTEXT_LENGTH_EXCEEDED 400
     ├── StreamTimeout                STREAM_TIMEOUT   504  (retryable)
     ├── Interrupted                  INTERRUPTED      502 in a JSON reply (retryable)
@@ -98,6 +99,14 @@ class ProviderError(RunnelError):
     code = "PROVIDER_ERROR"
     status = 502
     default_retryable = True
+
+
+class StreamingUnsupported(ProviderError):
+    """The upstream refused a streaming request for this model; asking again without
+    streaming may work. Never sent to a client as such: the router retries or it surfaces as
+    ``PROVIDER_ERROR``."""
+
+    default_retryable = False
 
 
 class ContextLengthExceeded(RunnelError):

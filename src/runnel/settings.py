@@ -2,7 +2,8 @@
 
 Precedence, highest first: keyword arguments, environment, the TOML file named by
 ``RUNNEL_CONFIG``, defaults. The TOML file uses the same names as the settings in lower
-case (``first_token_timeout = 10``) plus ``[providers.NAME]`` tables for extra providers.
+case (``first_token_timeout = 10``) plus ``[providers.NAME]`` tables for extra providers and
+an ``[aliases]`` table of fallback chains.
 Every field here is documented in ``docs/configuration.md`` (a test checks it).
 """
 
@@ -23,16 +24,25 @@ from pydantic_settings import (
 
 
 class ProviderConfig(BaseModel):
-    """One named provider from the TOML file (``[providers.ollama]``)."""
+    """One named provider from the TOML file (``[providers.ollama]``).
+
+    ``type`` names a provider type registered in the ``runnel.providers`` entry point group
+    (``openai``, ``anthropic``, ``gemini``, ``langchain``, ``demo`` or a plug-in's);
+    ``options`` holds settings only that type understands. ``streaming = false`` (or a
+    model listed in ``non_streaming_models``) asks the upstream for whole replies, which
+    are still delivered as token events."""
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["openai", "demo"] = "openai"
+    type: str = Field(default="openai", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     base_url: str | None = None
     api_key: str | None = None
     api_key_env: str | None = None
     models: list[str] = Field(default_factory=list)
-    timeout: float = 600.0
+    timeout: float = Field(default=600.0, gt=0)
+    streaming: bool = True
+    non_streaming_models: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
 
     def resolved_api_key(self) -> str | None:
         if self.api_key is not None:
@@ -70,7 +80,24 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(
         default=None, validation_alias=_env("OPENAI_BASE_URL", "openai_base_url")
     )
+    anthropic_api_key: str | None = Field(
+        default=None, validation_alias=_env("ANTHROPIC_API_KEY", "anthropic_api_key")
+    )
+    anthropic_base_url: str | None = Field(
+        default=None, validation_alias=_env("ANTHROPIC_BASE_URL", "anthropic_base_url")
+    )
+    gemini_api_key: str | None = Field(
+        default=None, validation_alias=_env("GEMINI_API_KEY", "gemini_api_key")
+    )
+    gemini_base_url: str | None = Field(
+        default=None, validation_alias=_env("GEMINI_BASE_URL", "gemini_base_url")
+    )
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    aliases: dict[str, list[str]] = Field(default_factory=dict)
+    retry_attempts: int = Field(default=3, ge=1, le=10)
+    retry_base_delay: float = Field(default=0.5, ge=0)
+    retry_max_delay: float = Field(default=8.0, ge=0)
+    retry_budget: float = Field(default=20.0, ge=0)
 
     streaming_enabled: bool = True
     heartbeat_interval: float = Field(default=15.0, gt=0)

@@ -5,16 +5,28 @@ providers: the response status is known), so failures before that point become o
 HTTP errors. Iterating yields ``str`` deltas and finally one ``Finish``; ``aclose`` aborts
 the upstream request (closing its connection) and is safe to call at any time, repeatedly.
 Providers raise only ``runnel.errors.RunnelError`` subclasses.
+
+``open(..., stream=False)`` asks the upstream for the whole reply at once (for models that
+cannot stream) and returns it as a stream all the same (``replay``). A provider whose
+upstream refuses a streaming request raises ``StreamingUnsupported``; the router
+(``providers/router.py``) then asks again without streaming and remembers the model.
+
+Provider types are found through the ``runnel.providers`` entry point group: each entry
+point names a ``ProviderFactory``, called once per configured provider at start-up.
 """
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol, TypedDict
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, TypedDict
 
 from runnel.events import FinishReason, Usage
+
+if TYPE_CHECKING:
+    from runnel.settings import ProviderConfig, Settings
 
 
 class ChatMessage(TypedDict):
@@ -47,9 +59,15 @@ class Provider(ABC):
 
     @abstractmethod
     async def open(
-        self, model: str, messages: Sequence[ChatMessage], *, max_tokens: int
+        self,
+        model: str,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        stream: bool = True,
     ) -> ProviderStream:
-        """Start generating; return when the upstream accepted the request."""
+        """Start generating; return when the upstream accepted the request (with
+        ``stream=False``: when the whole reply arrived)."""
 
     def check_model(self, model: str) -> None:  # noqa: B027 - optional hook
         """Raise ``ModelNotFound`` for a name this provider certainly does not serve.
@@ -63,3 +81,28 @@ class Provider(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release clients and connections."""
+
+
+ProviderFactory = Callable[[str, "ProviderConfig", "Settings"], Provider]
+"""What a ``runnel.providers`` entry point names: ``(name, config, settings) -> Provider``."""
+
+_PIECE = re.compile(r"\s*\S+|\s+")
+
+
+class ReplayStream:
+    """A whole reply delivered as a stream: its text in word-sized pieces, then ``finish``."""
+
+    def __init__(self, text: str, finish: Finish) -> None:
+        self._pieces = _PIECE.findall(text)
+        self._finish = finish
+
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[Delta]:
+        for piece in self._pieces:
+            yield piece
+        yield self._finish
+
+    async def aclose(self) -> None:
+        return None

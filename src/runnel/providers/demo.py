@@ -9,10 +9,14 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
 from runnel.errors import ModelNotFound
 from runnel.events import Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, Provider
+
+if TYPE_CHECKING:
+    from runnel.settings import ProviderConfig, Settings
 
 MODELS = ("markdown",)
 _PIECE = re.compile(r"\s*\S+\s*?(?=\s|$)|\s+$", re.DOTALL)
@@ -62,6 +66,16 @@ def tokenize(text: str) -> list[str]:
     return pieces
 
 
+def create(name: str, config: ProviderConfig, settings: Settings) -> Provider:
+    """The ``demo`` provider type (entry point ``runnel.providers:demo``)."""
+    return DemoProvider(
+        name,
+        tokens_per_second=settings.demo_tokens_per_second,
+        first_token_delay=settings.demo_first_token_delay,
+        reply_tokens=settings.demo_reply_tokens,
+    )
+
+
 class DemoProvider(Provider):
     kind = "demo"
 
@@ -83,7 +97,12 @@ class DemoProvider(Provider):
             raise ModelNotFound(f"unknown model: {self.name}/{model}")
 
     async def open(
-        self, model: str, messages: Sequence[ChatMessage], *, max_tokens: int
+        self,
+        model: str,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        stream: bool = True,
     ) -> _DemoStream:
         self.check_model(model)
         prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")

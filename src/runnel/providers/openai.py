@@ -9,11 +9,10 @@ its ``chat.completion.chunk`` SSE lines are parsed with orjson.
 
 from __future__ import annotations
 
-import email.utils
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 import openai
@@ -21,6 +20,7 @@ import orjson
 
 from runnel.errors import (
     ContextLengthExceeded,
+    StreamingUnsupported,
     Interrupted,
     ModelNotFound,
     ProviderAuth,
@@ -30,7 +30,11 @@ from runnel.errors import (
     StreamTimeout,
 )
 from runnel.events import FinishReason, Usage
-from runnel.providers.base import ChatMessage, Delta, Finish, Provider
+from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
+from runnel.providers.wire import retry_after, sse_data
+
+if TYPE_CHECKING:
+    from runnel.settings import ProviderConfig, Settings
 
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
@@ -40,7 +44,18 @@ _FINISH: dict[str, FinishReason] = {
     "function_call": "stop",
 }
 _MODELS_TTL = 60.0
-MAX_LINE = 4 * 1024 * 1024
+OPENAI_API = "https://api.openai.com/v1"
+
+
+def create(name: str, config: ProviderConfig, settings: Settings) -> Provider:
+    """The ``openai`` provider type (entry point ``runnel.providers:openai``)."""
+    return OpenAIProvider(
+        name,
+        api_key=config.resolved_api_key(),
+        base_url=config.base_url or OPENAI_API,
+        models=config.models,
+        timeout=config.timeout,
+    )
 
 
 class OpenAIProvider(Provider):
@@ -66,9 +81,16 @@ class OpenAIProvider(Provider):
         self._models_cache: tuple[float, list[str]] | None = None
 
     async def open(
-        self, model: str, messages: Sequence[ChatMessage], *, max_tokens: int
-    ) -> _OpenAIStream:
+        self,
+        model: str,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        stream: bool = True,
+    ) -> _OpenAIStream | ReplayStream:
         wire_messages: list[Any] = list(messages)
+        if not stream:
+            return await self._complete(model, wire_messages)
         context = self._client.chat.completions.with_streaming_response.create(
             model=model,
             messages=wire_messages,
@@ -83,6 +105,27 @@ class OpenAIProvider(Provider):
             # the request could not even be built or sent (e.g. a key that is not ASCII)
             raise ProviderError(f"could not send the request to {self.name}") from exc
         return _OpenAIStream(self.name, context, response.http_response)
+
+    async def _complete(self, model: str, messages: list[Any]) -> ReplayStream:
+        try:
+            completion = await self._client.chat.completions.create(
+                model=model, messages=messages, stream=False
+            )
+        except openai.OpenAIError as exc:
+            raise map_openai_error(exc, self.name) from exc
+        except (httpx2.HTTPError, UnicodeError, ValueError) as exc:
+            raise ProviderError(f"could not send the request to {self.name}") from exc
+        if not completion.choices:
+            raise ProviderError(f"{self.name} sent a reply without choices", provider=self.name)
+        choice = completion.choices[0]
+        usage = completion.usage
+        return ReplayStream(
+            choice.message.content or "",
+            Finish(
+                _FINISH.get(choice.finish_reason or "stop", "stop"),
+                Usage(usage.prompt_tokens, usage.completion_tokens) if usage else None,
+            ),
+        )
 
     async def list_models(self) -> list[str]:
         if self._configured_models:
@@ -121,7 +164,7 @@ class _OpenAIStream:
         finish: FinishReason | None = None
         usage: Usage | None = None
         try:
-            async for payload in _sse_data(self._response.aiter_bytes(), self._provider):
+            async for payload in sse_data(self._response.aiter_bytes(), self._provider):
                 if payload == b"[DONE]":
                     yield Finish(finish or "stop", usage)
                     return
@@ -170,33 +213,6 @@ class _OpenAIStream:
         await self._context.__aexit__(None, None, None)
 
 
-async def _sse_data(chunks: AsyncIterator[bytes], provider: str) -> AsyncIterator[bytes]:
-    """The ``data`` of each SSE event in a byte stream (any of CRLF, LF, CR line ends; a
-    leading BOM dropped; lines longer than ``MAX_LINE`` refused)."""
-    data: list[bytes] = []
-    buffer = b""
-    first = True
-    async for chunk in chunks:
-        if first:
-            chunk = chunk.removeprefix(b"\xef\xbb\xbf")
-            first = False
-        buffer += chunk
-        if b"\r" in buffer:
-            # keep a trailing CR: it may be the first half of a CRLF split across reads
-            head, tail = (buffer[:-1], b"\r") if buffer.endswith(b"\r") else (buffer, b"")
-            buffer = head.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
-        if len(buffer) > MAX_LINE and b"\n" not in buffer:
-            raise ProviderError(f"{provider} sent an oversized line")
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if line.startswith(b"data:"):
-                value = line[5:]
-                data.append(value[1:] if value.startswith(b" ") else value)
-            elif not line and data:
-                yield b"\n".join(data)
-                data.clear()
-
-
 def _stream_error(error: Any, provider: str) -> RunnelError:
     kind = str(error.get("type") or error.get("code") or "") if isinstance(error, dict) else ""
     if "rate" in kind:
@@ -219,12 +235,16 @@ def map_openai_error(exc: openai.OpenAIError, provider: str) -> RunnelError:
         if status == 429:
             return RateLimited(
                 f"{provider} rate limit reached (provider limit)",
-                retry_after=_retry_after(exc.response),
+                retry_after=retry_after(exc.response.headers),
                 provider=provider,
             )
         if status == 404:
             return ModelNotFound(f"{provider} does not serve that model", provider=provider)
         if status in (400, 413, 422):
+            if _refuses_streaming(exc):
+                return StreamingUnsupported(
+                    f"{provider} cannot stream this model", provider=provider
+                )
             if _mentions_context_length(exc):
                 return ContextLengthExceeded(
                     "the conversation is too long for this model", provider=provider
@@ -244,22 +264,14 @@ def map_openai_error(exc: openai.OpenAIError, provider: str) -> RunnelError:
     return ProviderError(f"{provider} failed", provider=provider)
 
 
+def _refuses_streaming(exc: openai.APIStatusError) -> bool:
+    """A 400 that says streaming is not supported (vLLM, LM Studio and hosted clones word it
+    differently; all of them name streaming and a negation)."""
+    text = exc.message.lower()
+    return "stream" in text and any(w in text for w in ("not support", "unsupported", "disabled"))
+
+
 def _mentions_context_length(exc: openai.APIStatusError) -> bool:
     code = getattr(exc, "code", None)
     text = f"{code} {exc.message}".lower()
     return "context_length" in text or "context length" in text or "maximum context" in text
-
-
-def _retry_after(response: httpx2.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, parsed.timestamp() - time.time())
