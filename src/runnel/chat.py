@@ -16,8 +16,9 @@ from runnel.broker import Broker, StreamMeta
 from runnel.errors import InvalidRequest, NotFound, StreamInProgress
 from runnel.generation import Generation, GenerationService, StartRequest
 from runnel.ids import new_id
-from runnel.providers.base import ChatMessage, Provider
+from runnel.providers.base import ChatMessage
 from runnel.providers.registry import Registry
+from runnel.providers.router import Route
 from runnel.quotas import Quotas
 from runnel.settings import Settings
 from runnel.store.records import Conversation, Message, NewMessage
@@ -103,29 +104,27 @@ class ChatService:
         for item in history:
             self._check_length(item["content"], "a history message")
         self._check_history_size([*history, {"role": "user", "content": message}])
-        provider, model_name, model_id = self.registry.resolve(model)
+        route = self.registry.resolve(model)
         prompt: list[ChatMessage] = [*history, {"role": "user", "content": message}]
         await self.quotas.admit(user_id)
-        return await self.generations.start(
-            StartRequest(user_id, provider, model_name, model_id, prompt)
-        )
+        return await self.generations.start(StartRequest(user_id, route, prompt))
 
     async def send(
         self, user_id: str, conversation_id: str, content: str, model: str | None
     ) -> Generation:
         self._check_message(content)
         conversation = await self._idle_conversation(user_id, conversation_id)
-        provider, model_name, model_id = self.registry.resolve(model or conversation.model)
+        route = self.registry.resolve(model or conversation.model)
         history = await self.store.list_messages(conversation_id)
         title = _title(content) if not history and conversation.title == DEFAULT_TITLE else None
         return await self._reply(
             user_id,
             conversation,
-            (provider, model_name, model_id),
+            route,
             self._window(_prompt(conversation, history, content)),
             user_message=content,
             title=title,
-            remember_model=model_id if model else None,
+            remember_model=route.model_id if model else None,
         )
 
     async def regenerate(self, user_id: str, conversation_id: str, model: str | None) -> Generation:
@@ -141,11 +140,11 @@ class ChatService:
             history = history[:-1]
         if not history or history[-1].role != "user":
             raise InvalidRequest("there is no message to reply to")
-        resolved = self.registry.resolve(model or previous_model or conversation.model)
+        route = self.registry.resolve(model or previous_model or conversation.model)
         return await self._reply(
             user_id,
             conversation,
-            resolved,
+            route,
             self._window(_prompt(conversation, history)),
             replace=replace,
         )
@@ -163,7 +162,7 @@ class ChatService:
         self,
         user_id: str,
         conversation: Conversation,
-        resolved: tuple[Provider, str, str],
+        route: Route,
         prompt: list[ChatMessage],
         *,
         user_message: str | None = None,
@@ -171,18 +170,15 @@ class ChatService:
         title: str | None = None,
         remember_model: str | None = None,
     ) -> Generation:
-        provider, model_name, model_id = resolved
         await self.quotas.admit(user_id)
         stream_id, message_id = new_id("s"), new_id("m")
-        new = [NewMessage(message_id, "assistant", "", "streaming", model_id, stream_id)]
+        new = [NewMessage(message_id, "assistant", "", "streaming", route.model_id, stream_id)]
         if user_message is not None:
             new.insert(0, NewMessage(new_id("m"), "user", user_message, "complete"))
         return await self.generations.start(
             StartRequest(
                 user_id,
-                provider,
-                model_name,
-                model_id,
+                route,
                 prompt,
                 conversation_id=conversation.id,
                 new_messages=new,

@@ -34,7 +34,8 @@ from runnel.broker.redis import LEASE_INTERVAL, LEASE_TTL, RedisBroker
 from runnel.errors import Internal, Interrupted, Overloaded, RunnelError, StreamTimeout
 from runnel.events import Complete, Error, FinishReason, Status, Usage
 from runnel.ids import new_id
-from runnel.providers.base import ChatMessage, Finish, Provider, ProviderStream
+from runnel.providers.base import ChatMessage, Finish
+from runnel.providers.router import RetryPolicy, Route, RoutedStream, Router
 from runnel.settings import Settings
 from runnel.store.records import NewMessage, ReplyOutcome
 from runnel.store.sql import STORE_ERRORS, Store
@@ -59,9 +60,7 @@ class Cancelled:
 @dataclass(slots=True)
 class StartRequest:
     user_id: str
-    provider: Provider
-    model_name: str
-    model: str
+    route: Route
     prompt: Sequence[ChatMessage]
     conversation_id: str | None = None
     new_messages: Sequence[NewMessage] = ()
@@ -72,12 +71,17 @@ class StartRequest:
     stream_id: str = field(default_factory=lambda: new_id("s"))
     message_id: str = field(default_factory=lambda: new_id("m"))
 
+    @property
+    def model(self) -> str:
+        return self.route.model_id
+
 
 @dataclass(slots=True, eq=False)
 class Generation:
     stream_id: str
     message_id: str
     request: StartRequest
+    model: str = ""  # the model answering (a fallback may take over before the first token)
     started_at: float = field(default_factory=time.monotonic)
     phase: Phase = "starting"
     pieces: list[str] = field(default_factory=list)
@@ -101,6 +105,14 @@ class GenerationService:
         self.settings = settings
         self.store = store
         self.broker = broker
+        self.router = Router(
+            RetryPolicy(
+                attempts=settings.retry_attempts,
+                base_delay=settings.retry_base_delay,
+                max_delay=settings.retry_max_delay,
+                budget=settings.retry_budget,
+            )
+        )
         self._active: dict[str, Generation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -170,7 +182,7 @@ class GenerationService:
             stream_id, request.user_id, request.conversation_id, message_id, request.model
         )
         await self.broker.create(meta)
-        gen = Generation(stream_id, message_id, request)
+        gen = Generation(stream_id, message_id, request, request.model)
         gen.ready = asyncio.get_running_loop().create_future()
         self._active[stream_id] = gen
         gen.task = asyncio.create_task(self._run(gen), name=f"generation-{stream_id}")
@@ -214,11 +226,11 @@ class GenerationService:
         request = gen.request
         log.info("stream started", extra={"fields": {"model": request.model}})
         opening = asyncio.ensure_future(
-            request.provider.open(
-                request.model_name, request.prompt, max_tokens=self.settings.max_output_tokens
+            self.router.open(
+                request.route, request.prompt, max_tokens=self.settings.max_output_tokens
             )
         )
-        stream: ProviderStream | None = None
+        stream: RoutedStream | None = None
         outcome: Complete | Error
         try:
             try:
@@ -236,9 +248,10 @@ class GenerationService:
             except RunnelError as exc:
                 outcome = self._error(gen, exc)
             else:
+                gen.model = stream.model_id
                 gen.status_id = gen.last_id = self.broker.append(
                     gen.stream_id,
-                    Status(gen.stream_id, request.conversation_id, gen.message_id, request.model),
+                    Status(gen.stream_id, request.conversation_id, gen.message_id, gen.model),
                 )
                 _resolve(gen.ready)
                 outcome = await self._relay(gen, stream)
@@ -259,8 +272,8 @@ class GenerationService:
         self,
         gen: Generation,
         outcome: Complete | Error,
-        stream: ProviderStream | None,
-        opening: asyncio.Future[ProviderStream],
+        stream: RoutedStream | None,
+        opening: asyncio.Future[RoutedStream],
     ) -> None:
         """Close the upstream and record the outcome; a second cancel cannot cut this short."""
 
@@ -290,7 +303,9 @@ class GenerationService:
             stale=request.stale_claim,
         )
 
-    async def _relay(self, gen: Generation, stream: ProviderStream) -> Complete | Error:
+    async def _relay(self, gen: Generation, stream: RoutedStream) -> Complete | Error:
+        """Append the deltas to the log: the head (where the router may still retry or fall
+        back) then the tail, straight from the answering provider."""
         gen.phase = "streaming"
         if gen.stop is not None:
             raise asyncio.CancelledError
@@ -300,41 +315,40 @@ class GenerationService:
         limit = self.settings.max_output_tokens
         monotonic = time.monotonic
         finish: Finish | None = None
-        deltas = aiter(stream)
+        head = stream.head()
         try:
-            async for delta in deltas:
-                if type(delta) is str:
-                    if not delta:
-                        continue
-                    pieces.append(delta)
-                    gen.last_token_at = monotonic()
-                    gen.dirty = True
-                    if gen.first_token_at is None:
-                        gen.first_token_at = gen.last_token_at
-                        log.info(
-                            "first token",
-                            extra={
-                                "fields": {
-                                    "ttftMs": round((gen.first_token_at - gen.started_at) * 1000, 1)
-                                }
-                            },
-                        )
-                    gen.last_id = append(stream_id, delta)
-                    if len(pieces) >= limit:
-                        finish = Finish("length")
+            for deltas in (head, stream.tail()):
+                async for delta in deltas:
+                    if type(delta) is str:
+                        if not delta:
+                            continue
+                        pieces.append(delta)
+                        gen.last_token_at = monotonic()
+                        gen.dirty = True
+                        if gen.first_token_at is None:
+                            self._first_token(gen, stream.model_id)
+                        gen.last_id = append(stream_id, delta)
+                        if len(pieces) >= limit:
+                            finish = Finish("length")
+                            break
+                    elif isinstance(delta, Finish):
+                        finish = delta
                         break
-                elif isinstance(delta, Finish):
-                    finish = delta
+                if finish is not None:
                     break
         except RunnelError as exc:
             return self._error(gen, exc)
         finally:
-            close = getattr(deltas, "aclose", None)
-            if close is not None:
-                await close()
+            gen.model = stream.model_id
+            await head.aclose()
         if finish is None:
             return self._error(gen, Interrupted("the model's stream ended unexpectedly"))
         return self._complete(gen, finish.reason, finish.usage)
+
+    def _first_token(self, gen: Generation, model: str) -> None:
+        gen.first_token_at = gen.last_token_at
+        ttft = round((gen.first_token_at - gen.started_at) * 1000, 1)
+        log.info("first token", extra={"fields": {"ttftMs": ttft, "model": model}})
 
     # outcomes
 
@@ -355,9 +369,7 @@ class GenerationService:
     ) -> Complete:
         if kept_through is not None:
             del gen.pieces[max(0, kept_through - gen.status_id) :]
-        return Complete(
-            gen.request.model, reason, gen.message_id, usage, len(gen.pieces), kept_through
-        )
+        return Complete(gen.model, reason, gen.message_id, usage, len(gen.pieces), kept_through)
 
     def _error(self, gen: Generation, exc: RunnelError) -> Error:
         if gen.failure is None:
@@ -373,7 +385,7 @@ class GenerationService:
 
     async def _finish(self, gen: Generation, outcome: Complete | Error) -> None:
         if gen.persisted:
-            await self._store_outcome(gen, _reply_outcome("".join(gen.pieces), outcome))
+            await self._store_outcome(gen, _reply_outcome("".join(gen.pieces), outcome, gen.model))
         self.broker.append(gen.stream_id, outcome)
         self._active.pop(gen.stream_id, None)
         gen.phase = "done"
@@ -504,12 +516,13 @@ class GenerationService:
                     gen.dirty = True
 
 
-def _reply_outcome(content: str, outcome: Complete | Error) -> ReplyOutcome:
+def _reply_outcome(content: str, outcome: Complete | Error, model: str) -> ReplyOutcome:
     if isinstance(outcome, Complete):
         usage = outcome.usage
         return ReplyOutcome(
             content,
             "cancelled" if outcome.finish_reason == "cancelled" else "complete",
+            model=model,
             finish_reason=outcome.finish_reason,
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else outcome.completion_tokens,
@@ -517,6 +530,7 @@ def _reply_outcome(content: str, outcome: Complete | Error) -> ReplyOutcome:
     return ReplyOutcome(
         content,
         "interrupted" if outcome.code == Interrupted.code else "error",
+        model=model,
         error_code=outcome.code,
         error_message=outcome.message,
     )
@@ -532,7 +546,7 @@ def _reject(future: asyncio.Future[None] | None, exc: BaseException) -> None:
         future.set_exception(exc)
 
 
-async def _close_when_opened(opening: asyncio.Future[ProviderStream]) -> None:
+async def _close_when_opened(opening: asyncio.Future[RoutedStream]) -> None:
     try:
         stream = await opening
     except (asyncio.CancelledError, RunnelError):
@@ -542,7 +556,7 @@ async def _close_when_opened(opening: asyncio.Future[ProviderStream]) -> None:
     await _quietly_close(stream)
 
 
-async def _quietly_close(stream: ProviderStream) -> None:
+async def _quietly_close(stream: RoutedStream) -> None:
     try:
         await stream.aclose()
     except Exception:

@@ -17,7 +17,6 @@ from runnel.broker import Broker
 from runnel.broker.memory import MemoryBroker
 from runnel.broker.redis import RedisBroker
 from runnel.chat import ChatService
-from runnel.errors import RunnelError
 from runnel.generation import GenerationService
 from runnel.providers.registry import Registry
 from runnel.quotas import Quotas, parse_rate
@@ -29,10 +28,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings) -> FastAPI:
     """Raises ``ValueError`` for a configuration that cannot work."""
-    try:
-        registry = Registry.from_settings(settings)
-    except RunnelError as exc:
-        raise ValueError(f"invalid default model: {exc.message}") from exc
+    registry = Registry.from_settings(settings)
     if settings.rate_limit:
         parse_rate(settings.rate_limit)
 

@@ -20,13 +20,13 @@ import orjson
 
 from runnel.errors import (
     ContextLengthExceeded,
-    StreamingUnsupported,
     Interrupted,
     ModelNotFound,
     ProviderAuth,
     ProviderError,
     RateLimited,
     RunnelError,
+    StreamingUnsupported,
     StreamTimeout,
 )
 from runnel.events import FinishReason, Usage
@@ -122,7 +122,8 @@ class OpenAIProvider(Provider):
         return ReplayStream(
             choice.message.content or "",
             Finish(
-                _FINISH.get(choice.finish_reason or "stop", "stop"),
+                # typed as always set, but OpenAI-compatible servers may send null
+                _FINISH.get(str(choice.finish_reason), "stop"),
                 Usage(usage.prompt_tokens, usage.completion_tokens) if usage else None,
             ),
         )

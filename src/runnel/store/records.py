@@ -61,3 +61,4 @@ class ReplyOutcome:
     error_message: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    model: str | None = None  # the model that answered, when known

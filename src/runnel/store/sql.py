@@ -292,6 +292,7 @@ class Store:
                 .values(
                     content=outcome.content,
                     status=outcome.status,
+                    **({"model": outcome.model} if outcome.model else {}),
                     finish_reason=outcome.finish_reason,
                     error_code=outcome.error_code,
                     error_message=outcome.error_message,
