@@ -23,6 +23,10 @@ TEST_SETTINGS: dict[str, Any] = {
     "demo_reply_tokens": 40,
     "shutdown_grace": 0.2,
     "log_level": "WARNING",
+    # retries stay on, fast: a Retry-After longer than the budget is not waited for
+    "retry_base_delay": 0.01,
+    "retry_max_delay": 0.05,
+    "retry_budget": 2.0,
 }
 
 

@@ -317,7 +317,9 @@ class GenerationService:
         finish: Finish | None = None
         head = stream.head()
         try:
-            for deltas in (head, stream.tail()):
+            for phase in ("head", "tail"):
+                # the tail is taken after the head: a retry there replaces the iterator
+                deltas = head if phase == "head" else stream.tail()
                 async for delta in deltas:
                     if type(delta) is str:
                         if not delta:
