@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -33,6 +34,7 @@ HOSTED_DEFAULTS = {
     "gemini": "gemini-2.5-flash",
 }
 LIST_TIMEOUT = 5.0
+LIST_RETRY_AFTER = 30.0  # a provider whose listing failed is asked again after this
 
 
 def provider_type(name: str) -> ProviderFactory:
@@ -68,6 +70,7 @@ class Registry:
         self.providers = providers
         self.default_model = default_model
         self._configs = configs or {}
+        self._list_failed: dict[str, float] = {}
         self._aliases: dict[str, Route] = {}
         for alias, targets in (aliases or {}).items():
             self._aliases[alias] = self._alias_route(alias, targets)
@@ -127,16 +130,22 @@ class Registry:
         return Route(model_id, (Candidate(provider, name, model_id, streaming),))
 
     async def list_models(self) -> list[ModelInfo]:
-        """Every provider's models, then the aliases; a provider that fails or is slow is
-        left out (and logged)."""
+        """Every provider's models, then the aliases. A provider that fails or takes longer
+        than ``LIST_TIMEOUT`` is left out (and logged), and not asked again for
+        ``LIST_RETRY_AFTER`` s, so one unreachable server never slows every listing."""
 
         async def one(provider: Provider) -> list[ModelInfo]:
+            failed_at = self._list_failed.get(provider.name)
+            if failed_at is not None and time.monotonic() - failed_at < LIST_RETRY_AFTER:
+                return []
             try:
                 async with asyncio.timeout(LIST_TIMEOUT):
                     names = await provider.list_models()
             except (RunnelError, TimeoutError) as exc:
                 log.warning("listing models of %s failed: %s", provider.name, exc)
+                self._list_failed[provider.name] = time.monotonic()
                 return []
+            self._list_failed.pop(provider.name, None)
             return [ModelInfo(f"{provider.name}/{n}", provider.name) for n in names]
 
         lists = await asyncio.gather(*(one(p) for p in self.providers.values()))
