@@ -194,6 +194,19 @@ def test_a_failing_provider_does_not_break_the_model_list(serve: ServeFactory) -
     assert [m["id"] for m in response.json()["data"]] == ["demo/markdown"]
 
 
+def test_a_provider_whose_listing_failed_is_not_asked_again_at_once(
+    serve: ServeFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.models_status = 500
+    server = serve()
+    with httpx2.Client(base_url=server.url, timeout=30) as client:
+        first = client.get("/api/v1/models").json()["data"]
+        fake_openai.models_status = 200
+        second = client.get("/api/v1/models").json()["data"]
+    assert [m["id"] for m in first] == [m["id"] for m in second] == ["demo/markdown"]
+    assert [r.path for r in fake_openai.requests] == ["/v1/models"]
+
+
 def test_request_id_is_echoed(client: httpx2.Client) -> None:
     mine = client.get("/healthz", headers={"x-request-id": "abc-123"})
     assert mine.headers["x-request-id"] == "abc-123"

@@ -60,6 +60,7 @@ class FakeOpenAI(FakeServer):
     def __init__(self) -> None:
         super().__init__()
         self.models = ["gpt-4o", "gpt-4o-mini"]
+        self.models_status = 200  # another status fails the model list with that error
 
     @property
     def url(self) -> str:
@@ -72,6 +73,9 @@ class FakeOpenAI(FakeServer):
         if record.method == "POST" and path == "/v1/chat/completions":
             return await self._chat(conn, request, record)
         if record.method == "GET" and path == "/v1/models":
+            if self.models_status != 200:
+                body = _default_error(self.models_status)
+                return await send_json(conn, self.models_status, body)
             return await send_json(conn, 200, _model_list(self.models))
         message = f"Unknown request URL: {record.method} {path}."
         return await send_json(
