@@ -30,7 +30,7 @@ DEMO_MODEL = "demo/markdown"
 # the model used when a hosted provider is configured by its key alone
 HOSTED_DEFAULTS = {
     "openai": "gpt-4o-mini",
-    "anthropic": "claude-sonnet-4-5",
+    "anthropic": "claude-sonnet-4-6",
     "gemini": "gemini-2.5-flash",
 }
 LIST_TIMEOUT = 5.0
