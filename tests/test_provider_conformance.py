@@ -77,6 +77,18 @@ def test_a_streamed_reply_with_usage_and_finish_reason(
     assert upstream.streamed(request)
 
 
+def test_consecutive_replies_reuse_the_upstream_connection(
+    client: httpx2.Client, upstream: Upstream
+) -> None:
+    """A finished reply leaves its connection in the pool: against a hosted API, a new
+    connection would cost the next reply a TCP and TLS handshake before its first token."""
+    upstream.fake.script("m", Script(tokens=["a", "b"]))
+    cid = new_conversation(client)
+    for content in ("one", "two", "three"):
+        assert send(client, cid, upstream.model("m"), content).text == "ab"
+    assert len({r.connection for r in upstream.generations()}) == 1
+
+
 @pytest.mark.parametrize(
     ("which", "expected"), [("length", "length"), ("filter", "content_filter")]
 )

@@ -100,6 +100,7 @@ class RecordedRequest:
     closed: threading.Event = field(default_factory=threading.Event)
     closed_by_client: bool = False
     chunks_sent: int = 0  # token chunks written so far (streaming replies)
+    connection: int = 0  # which connection carried it: 1 for the first one accepted, ...
 
 
 def _mark_closed(record: RecordedRequest, *, by_client: bool, at: float | None) -> None:
@@ -141,6 +142,7 @@ class Connection:
         self.eof_at: float | None = None
         self.keep_alive = True
         self.records: list[RecordedRequest] = []
+        self.number = 0
         self._pump = asyncio.create_task(self._read_forever())
 
     async def _read_forever(self) -> None:
@@ -217,6 +219,7 @@ class FakeServer:
         self._port: int | None = None
         self._failure: BaseException | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._accepted = 0
         self._errors: list[dict[str, Any]] = []  # the fake's own bugs, kept quiet but inspectable
 
     # -- public API -------------------------------------------------------------------------
@@ -314,6 +317,9 @@ class FakeServer:
         assert task is not None
         self._handlers.add(task)
         conn = Connection(reader, writer)
+        with self._lock:
+            self._accepted += 1
+            conn.number = self._accepted
         stopping = False
         try:
             await self._serve(conn)
@@ -336,6 +342,7 @@ class FakeServer:
             if request is None:
                 return
             record = self._record(request)
+            record.connection = conn.number
             conn.records.append(record)
             conn.keep_alive = _wants_keep_alive(request)
             outcome = await self._reply_watching_hangup(conn, request, record)

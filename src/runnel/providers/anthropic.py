@@ -39,7 +39,7 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
-from runnel.providers.wire import retry_after, sse_data
+from runnel.providers.wire import drain, retry_after, sse_data
 
 if TYPE_CHECKING:
     from runnel.settings import ProviderConfig, Settings
@@ -224,7 +224,8 @@ class _AnthropicStream:
         reason: FinishReason | None = None
         counts: dict[str, int] = {}
         try:
-            async for payload in sse_data(self._response.aiter_bytes(), self._provider):
+            events = sse_data(self._response.aiter_bytes(), self._provider)
+            async for payload in events:
                 try:
                     event = orjson.loads(payload)
                     kind = event["type"]
@@ -254,6 +255,7 @@ class _AnthropicStream:
                             if text:
                                 yield text
                     elif kind == "message_stop":
+                        await drain(events)
                         yield Finish(reason or "stop", _usage(counts))
                         return
                     elif kind == "error":

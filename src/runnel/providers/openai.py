@@ -31,7 +31,7 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
-from runnel.providers.wire import retry_after, sse_data
+from runnel.providers.wire import drain, retry_after, sse_data
 
 if TYPE_CHECKING:
     from runnel.settings import ProviderConfig, Settings
@@ -165,8 +165,10 @@ class _OpenAIStream:
         finish: FinishReason | None = None
         usage: Usage | None = None
         try:
-            async for payload in sse_data(self._response.aiter_bytes(), self._provider):
+            events = sse_data(self._response.aiter_bytes(), self._provider)
+            async for payload in events:
                 if payload == b"[DONE]":
+                    await drain(events)
                     yield Finish(finish or "stop", usage)
                     return
                 chunk = self._parse(payload)

@@ -7,13 +7,29 @@ The SDKs' typed per-chunk parsing costs more per token than the whole relay budg
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import time
 from collections.abc import AsyncIterator, Mapping
 
-from runnel.errors import ProviderError
+import httpx2
+
+from runnel.errors import ProviderError, RunnelError
 
 MAX_LINE = 4 * 1024 * 1024
+DRAIN_TIMEOUT = 0.05
+
+
+async def drain(rest: AsyncIterator[bytes]) -> None:
+    """Read what is left of a response after its last event (normally just the end of
+    the chunked body, already received), for at most ``DRAIN_TIMEOUT`` s. A body read to
+    its end lets the HTTP client keep the connection for the next request; one closed
+    early costs that request a new TCP (and TLS) handshake before its first token."""
+    with contextlib.suppress(TimeoutError, httpx2.HTTPError, RunnelError):
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            async for _ in rest:
+                pass
 
 
 async def sse_data(chunks: AsyncIterator[bytes], provider: str) -> AsyncIterator[bytes]:
