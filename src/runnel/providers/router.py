@@ -102,13 +102,11 @@ class RoutedStream:
         self._stream: ProviderStream | None = None
         self._deltas: AsyncIterator[Delta] | None = None
         self.model_id = route.candidates[0].model_id
-        self.attempts = 0
 
     async def connect(self) -> None:
         """Open the current candidate, moving on through failures until one accepts."""
         while True:
             candidate = self._route.candidates[self._index]
-            self.attempts += 1
             try:
                 stream = await self._open(candidate)
             except RunnelError as exc:
