@@ -317,6 +317,8 @@ def test_keyboard_and_live_region(serve: ServeFactory, page: Page) -> None:
     bar = status_bar(page)
     expect(bar).to_have_attribute("role", "status")
     expect(bar).to_have_attribute("aria-live", "polite")
+    # the picker is disabled, so not focusable, until the model list has arrived
+    expect(page.get_by_test_id("model-picker")).to_be_enabled()
     reached = set()
     indicators = {}
     for _ in range(12):
