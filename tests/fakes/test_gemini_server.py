@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
+import httpx2
 import pytest
 from google import genai
 from google.genai import errors, types
@@ -26,15 +27,20 @@ def fake() -> Iterator[FakeGemini]:
 async def sdk(
     fake: FakeGemini, api_key: str = "test-key"
 ) -> AsyncIterator[genai.client.AsyncClient]:
+    # the SDK's own httpx2 transport (with aiohttp installed it would pick aiohttp instead)
+    http = httpx2.AsyncClient()
     client = genai.Client(
         api_key=api_key,
-        http_options=types.HttpOptions(base_url=fake.url, api_version="v1beta"),
+        http_options=types.HttpOptions(
+            base_url=fake.url, api_version="v1beta", httpx_async_client=http
+        ),
     )
     try:
         yield client.aio
     finally:
         await client.aio.aclose()
         client.close()
+        await http.aclose()
 
 
 def stream(fake: FakeGemini, model: str) -> list[types.GenerateContentResponse]:

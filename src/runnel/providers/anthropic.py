@@ -39,6 +39,7 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
+from runnel.providers.transport import http_client
 from runnel.providers.wire import drain, retry_after, sse_data
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class AnthropicProvider(Provider):
             base_url=base_url or ANTHROPIC_API,
             max_retries=0,
             timeout=httpx2.Timeout(timeout, connect=10.0),
+            http_client=http_client(httpx2.Timeout(timeout, connect=10.0)),
             default_headers=headers,
             open_telemetry=False,
         )

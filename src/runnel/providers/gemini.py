@@ -63,6 +63,7 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
+from runnel.providers.transport import http_client
 from runnel.providers.wire import retry_after, sse_data
 
 _MISSING_SDK: ImportError | None = None
@@ -159,7 +160,7 @@ class GeminiProvider(Provider):
         self._base_url = (base_url or GEMINI_API).rstrip("/")
         self._api_version = api_version
         self._timeout = httpx2.Timeout(timeout, connect=min(_CONNECT_TIMEOUT, timeout))
-        self._http = httpx2.AsyncClient(timeout=self._timeout)
+        self._http = http_client(self._timeout)
         self._sync_http = httpx2.Client(timeout=self._timeout)  # unused; else the SDK makes one
         self._client = genai.Client(
             vertexai=False,

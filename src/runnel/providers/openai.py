@@ -31,6 +31,7 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
+from runnel.providers.transport import http_client
 from runnel.providers.wire import drain, retry_after, sse_data
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ class OpenAIProvider(Provider):
             base_url=base_url,
             max_retries=0,
             timeout=httpx2.Timeout(timeout, connect=10.0),
+            http_client=http_client(httpx2.Timeout(timeout, connect=10.0)),
         )
         self._configured_models = list(models)
         self._models_cache: tuple[float, list[str]] | None = None

@@ -1,0 +1,157 @@
+"""The HTTP transport under the provider SDKs: aiohttp's client behind httpx2's interface.
+
+The SDKs (``openai``, ``anthropic``, ``google-genai``) speak ``httpx2``: they build requests,
+add auth, follow redirects and raise their error classes on top of an ``httpx2.AsyncClient``.
+What happens below the client is its *transport*. httpx2's own reads every chunk of a
+streaming body through a pure-Python HTTP/1.1 parser, a timeout context per read and
+several nested generators — ~100 µs per token, more than the whole relay budget
+(shared/PERFORMANCE.md, docs/performance.md). ``AiohttpTransport`` hands the request to
+aiohttp instead, whose C parser (llhttp) delivers a chunk for a few µs, and returns an
+``httpx2.Response`` streaming from it. Nothing above the transport changes: the SDKs keep
+request building, auth and error classes, and the providers still read
+``response.aiter_bytes()``.
+
+Semantics kept from httpx2's transport: the request's connect and read timeouts (read:
+between two chunks), connection pooling with keep-alive, proxies from the environment
+(``HTTPS_PROXY``, ``NO_PROXY``…), TLS verified against the system store, the body left
+encoded (httpx2 decodes ``Content-Encoding`` itself). aiohttp's exceptions become the
+matching httpx2 ones, which the SDKs map to their own. Closing a response that was not
+read to its end closes its connection (this is how Stop aborts an upstream request); one
+read to its end returns the connection to the pool.
+
+The aiohttp session belongs to an event loop, so it is created at the first request, on
+the loop that serves the app, and closed by ``aclose``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import aiohttp
+import httpx2
+
+# a chunk as it arrives: the token path wants every event the moment it is received
+_READ_ANY = -1
+
+
+class AiohttpTransport(httpx2.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+            session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,  # httpx2 decodes, from the headers it is given
+                trust_env=True,  # proxies from the environment, as httpx2 does
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+                raise_for_status=False,
+            )
+            self._session = session
+        return session
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=timeouts.get("connect"),
+            sock_read=timeouts.get("read"),
+        )
+        body = await request.aread()
+        with _mapped(connecting=True):
+            response = await self._client().request(
+                request.method,
+                str(request.url),
+                headers=list(request.headers.multi_items()),
+                data=body or None,
+                timeout=timeout,
+                allow_redirects=False,  # httpx2 follows redirects above the transport
+                compress=None,
+            )
+        return httpx2.Response(
+            response.status,
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers],
+            stream=_ResponseStream(response),
+            extensions={
+                "http_version": b"HTTP/%d.%d" % (response.version or (1, 1)),
+                "reason_phrase": (response.reason or "").encode("latin-1"),
+            },
+        )
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+
+class _ResponseStream(httpx2.AsyncByteStream):
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        with _mapped(connecting=False):
+            try:
+                while chunk := await content.readany():
+                    yield chunk
+            except (aiohttp.ClientError, OSError):
+                # aiohttp raises a dropped connection before handing out the bytes that
+                # arrived just ahead of it; they are the reply's last tokens, so deliver
+                # them first (a private reader, looked up defensively)
+                if rest := _buffered(content):
+                    yield rest
+                raise
+
+    async def aclose(self) -> None:
+        response = self._response
+        if response.content.at_eof():
+            response.release()  # read to its end: the connection goes back to the pool
+        else:
+            response.close()  # abandoned mid-body: close the connection, stopping the upstream
+
+
+def _buffered(content: aiohttp.StreamReader) -> bytes:
+    read = getattr(content, "_read_nowait", None)
+    if read is None:
+        return b""
+    try:
+        data = read(-1)
+    except Exception:  # noqa: BLE001 - a private reader: the original failure is what counts
+        return b""
+    return data if isinstance(data, bytes) else b""
+
+
+@contextmanager
+def _mapped(*, connecting: bool) -> Iterator[None]:
+    """aiohttp's exceptions as the httpx2 exceptions the SDKs expect."""
+    try:
+        yield
+    except httpx2.HTTPError:
+        raise
+    except aiohttp.ClientConnectorError as exc:
+        raise httpx2.ConnectError(str(exc)) from exc
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise httpx2.ConnectTimeout(str(exc)) from exc
+    except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
+        if connecting:
+            raise httpx2.ReadTimeout("no response headers in time") from exc
+        raise httpx2.ReadTimeout("the server stopped sending") from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise httpx2.RemoteProtocolError(str(exc)) from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise httpx2.RemoteProtocolError(str(exc) or "server disconnected") from exc
+    except aiohttp.ClientResponseError as exc:
+        raise httpx2.RemoteProtocolError(str(exc)) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise httpx2.ReadError(str(exc) or type(exc).__name__) from exc
+
+
+def http_client(timeout: httpx2.Timeout | float, **kwargs: Any) -> httpx2.AsyncClient:
+    """An ``httpx2.AsyncClient`` on ``AiohttpTransport``, for an SDK's ``http_client``."""
+    return httpx2.AsyncClient(
+        transport=AiohttpTransport(), timeout=timeout, follow_redirects=True, **kwargs
+    )
