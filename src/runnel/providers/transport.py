@@ -11,8 +11,9 @@ aiohttp instead, whose C parser (llhttp) delivers a chunk for a few µs, and ret
 request building, auth and error classes, and the providers still read
 ``response.aiter_bytes()``.
 
-Semantics kept from httpx2's transport: the request's connect and read timeouts (read:
-between two chunks), connection pooling with keep-alive, proxies from the environment
+Semantics kept from httpx2's transport: the request's connect timeout and, for the response
+head, its read timeout (the body has no per-read timer, see ``handle_async_request``),
+connection pooling with keep-alive, proxies from the environment
 (``HTTPS_PROXY``, ``NO_PROXY``…), TLS verified against the system store, the body left
 encoded (httpx2 decodes ``Content-Encoding`` itself). aiohttp's exceptions become the
 matching httpx2 ones, which the SDKs map to their own. Closing a response that was not
@@ -25,6 +26,7 @@ the loop that serves the app, and closed by ``aclose``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -56,22 +58,23 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=timeouts.get("connect"),
-            sock_read=timeouts.get("read"),
-        )
+        # No per-read timer: aiohttp re-arms it on every chunk received, which costs more
+        # than parsing the chunk. The read timeout bounds the wait for the response head
+        # here; a body that stalls is ended by what reads it (the generation watchdog's
+        # stall timeout, the model list's deadline).
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.get("connect"))
         body = await request.aread()
         with _mapped(connecting=True):
-            response = await self._client().request(
-                request.method,
-                str(request.url),
-                headers=list(request.headers.multi_items()),
-                data=body or None,
-                timeout=timeout,
-                allow_redirects=False,  # httpx2 follows redirects above the transport
-                compress=None,
-            )
+            async with asyncio.timeout(timeouts.get("read")):
+                response = await self._client().request(
+                    request.method,
+                    str(request.url),
+                    headers=list(request.headers.multi_items()),
+                    data=body or None,
+                    timeout=timeout,
+                    allow_redirects=False,  # httpx2 follows redirects above the transport
+                    compress=None,
+                )
         return httpx2.Response(
             response.status,
             headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers],
