@@ -44,6 +44,8 @@ class Authenticator:
         return user
 
 
-def current_user(request: Request) -> str:
+async def current_user(request: Request) -> str:
+    """A FastAPI dependency; ``async`` so that it runs on the event loop (FastAPI sends a
+    plain function to a worker thread, a hop that costs more than the check)."""
     authenticator: Authenticator = request.app.state.runnel.auth
     return authenticator.user_for(request.headers.get("authorization"))
