@@ -156,3 +156,24 @@ def test_a_reply_declared_interrupted_elsewhere_stays_interrupted(store_url: str
         assert (await store.get_conversation("alice", "c_1")).active_stream_id is None
 
     run_with_store(store_url, body)
+
+
+def test_processes_starting_together_migrate_once(postgres_url: str) -> None:
+    """Regression: the workers of ``--workers N`` open the store at the same moment; on a new
+    database their migrations raced (``CREATE TABLE alembic_version`` twice) and one worker
+    failed to start, which stopped the whole server."""
+
+    async def main() -> None:
+        stores = [Store(postgres_url) for _ in range(4)]
+        try:
+            opened = await asyncio.gather(
+                *(store.open() for store in stores), return_exceptions=True
+            )
+            assert opened == [None] * 4
+            await stores[0].create_conversation("c_1", "alice", "t", None, None)
+            assert (await stores[3].get_conversation("alice", "c_1")).title == "t"
+        finally:
+            for store in stores:
+                await store.close()
+
+    asyncio.run(main())

@@ -40,6 +40,7 @@ from runnel.store.records import Conversation, Message, NewMessage, ReplyOutcome
 from runnel.store.schema import conversations, messages
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_LOCK = 0x72756E6E656C  # pg_advisory_xact_lock key held while migrating ("runnel")
 # what a failing database raises through SQLAlchemy and its drivers
 STORE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, OSError)
 
@@ -74,6 +75,11 @@ class Store:
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         self._engine = engine
         async with engine.begin() as conn:
+            if url.get_backend_name() == "postgresql":
+                # processes starting together (--workers) migrate one after the other
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                )
             await conn.run_sync(_upgrade)
 
     async def close(self) -> None:
