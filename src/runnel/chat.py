@@ -16,6 +16,7 @@ from runnel.broker import Broker, StreamMeta
 from runnel.errors import InvalidRequest, NotFound, StreamInProgress
 from runnel.generation import Generation, GenerationService, StartRequest
 from runnel.ids import new_id
+from runnel.metrics import Metrics
 from runnel.providers.base import ChatMessage
 from runnel.providers.registry import Registry
 from runnel.providers.router import Route
@@ -43,6 +44,7 @@ class ChatService:
         generations: GenerationService,
         registry: Registry,
         quotas: Quotas,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -50,6 +52,7 @@ class ChatService:
         self.generations = generations
         self.registry = registry
         self.quotas = quotas
+        self.metrics = metrics
 
     # conversations
 
@@ -220,11 +223,13 @@ class ChatService:
         """Stop a stream, wherever it runs; True when it was still running. Idempotent."""
         await self.stream_meta(user_id, stream_id)
         if self.generations.cancel(stream_id, kept_through):
+            self.metrics.cancel_accepted()
             return True
         end = await self.broker.read(stream_id, 1 << 62, timeout=0)
         if end is None or end.finished:
             return False
         await self.broker.request_cancel(stream_id, kept_through)
+        self.metrics.cancel_accepted()
         return True
 
     # validation

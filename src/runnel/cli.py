@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from runnel import __version__, logs
 from runnel.api.app import create_app
 from runnel.api.auth import is_loopback
+from runnel.metrics import multiprocess_directory
 from runnel.settings import Settings
 
 log = logging.getLogger("runnel")
@@ -118,16 +119,18 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int) -> int
         return 2
     log.info("runnel %s: %d workers on http://%s:%d", __version__, workers, host, port)
     # each worker is a plain uvicorn server: on SIGTERM its streams are interrupted by the
-    # lifespan's shutdown once connections closed, not drained like a single process's
-    uvicorn.run(
-        "runnel.api.app:app_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + 5,
-        server_header=False,
-    )
+    # lifespan's shutdown once connections closed, not drained like a single process's.
+    # The workers (new interpreters) inherit PROMETHEUS_MULTIPROC_DIR: /metrics sums them all
+    with multiprocess_directory():
+        uvicorn.run(
+            "runnel.api.app:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + 5,
+            server_header=False,
+        )
     return 0

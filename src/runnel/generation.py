@@ -14,7 +14,9 @@ leaving changes nothing. A generation ends in exactly one recorded outcome:
 The outcome is stored first, then the terminal event is appended, so a reader that sees
 the terminal event finds the final content in the store. Content is checkpointed by one
 loop for all generations every ``checkpoint_interval``; the token path only appends.
-Timeouts are enforced by one watchdog loop, not per token.
+Timeouts are enforced by one watchdog loop, not per token. Metrics (``runnel.metrics``) are
+recorded at the start, the first token and the end, and tokens are counted by the
+checkpoint loop from the log's ids: the token path has no metric work.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,6 +36,7 @@ from runnel.broker.redis import LEASE_INTERVAL, LEASE_TTL, RedisBroker
 from runnel.errors import Internal, Interrupted, Overloaded, RunnelError, StreamTimeout
 from runnel.events import Complete, Error, FinishReason, Status, Usage
 from runnel.ids import new_id
+from runnel.metrics import Metrics, provider_of
 from runnel.providers.base import ChatMessage, Finish
 from runnel.providers.router import RetryPolicy, Route, RoutedStream, Router
 from runnel.settings import Settings
@@ -89,6 +92,7 @@ class Generation:
     last_id: int = 0
     first_token_at: float | None = None
     last_token_at: float = 0.0
+    tokens_counted: int = 0  # tokens already added to the metrics
     dirty: bool = False
     stop: Cancelled | RunnelError | None = None
     failure: RunnelError | None = None
@@ -101,10 +105,11 @@ class Generation:
 
 
 class GenerationService:
-    def __init__(self, settings: Settings, store: Store, broker: Broker) -> None:
+    def __init__(self, settings: Settings, store: Store, broker: Broker, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
         self.broker = broker
+        self.metrics = metrics
         self.router = Router(
             RetryPolicy(
                 attempts=settings.retry_attempts,
@@ -185,6 +190,7 @@ class GenerationService:
         gen = Generation(stream_id, message_id, request, request.model)
         gen.ready = asyncio.get_running_loop().create_future()
         self._active[stream_id] = gen
+        self.metrics.set_active(len(self._active))
         gen.task = asyncio.create_task(self._run(gen), name=f"generation-{stream_id}")
         self._tasks.add(gen.task)
         gen.task.add_done_callback(self._reap)
@@ -225,11 +231,7 @@ class GenerationService:
         logs.conversation_id.set(gen.request.conversation_id)
         request = gen.request
         log.info("stream started", extra={"fields": {"model": request.model}})
-        opening = asyncio.ensure_future(
-            self.router.open(
-                request.route, request.prompt, max_tokens=self.settings.max_output_tokens
-            )
-        )
+        opening = asyncio.ensure_future(self._open(request))
         stream: RoutedStream | None = None
         outcome: Complete | Error
         try:
@@ -287,6 +289,14 @@ class GenerationService:
 
         gen.phase = "finishing"
         await asyncio.shield(close_and_finish())
+
+    async def _open(self, request: StartRequest) -> RoutedStream:
+        began = time.monotonic()
+        stream = await self.router.open(
+            request.route, request.prompt, max_tokens=self.settings.max_output_tokens
+        )
+        self.metrics.provider_opened(stream.model_id, time.monotonic() - began)
+        return stream
 
     async def _begin(self, gen: Generation) -> None:
         request = gen.request
@@ -349,7 +359,10 @@ class GenerationService:
 
     def _first_token(self, gen: Generation, model: str) -> None:
         gen.first_token_at = gen.last_token_at
-        ttft = round((gen.first_token_at - gen.started_at) * 1000, 1)
+        gen.model = model  # a fallback may have answered: its provider counts the tokens
+        elapsed = gen.first_token_at - gen.started_at
+        self.metrics.first_token(model, elapsed)
+        ttft = round(elapsed * 1000, 1)
         log.info("first token", extra={"fields": {"ttftMs": ttft, "model": model}})
 
     # outcomes
@@ -381,6 +394,7 @@ class GenerationService:
     async def _fail_before_start(self, gen: Generation, exc: RunnelError) -> None:
         """The conversation could not be claimed: nothing was stored, nothing is logged."""
         self._active.pop(gen.stream_id, None)
+        self.metrics.set_active(len(self._active))
         await self.broker.discard(gen.stream_id)
         gen.phase = "done"
         _reject(gen.ready, exc)
@@ -391,11 +405,14 @@ class GenerationService:
         self.broker.append(gen.stream_id, outcome)
         self._active.pop(gen.stream_id, None)
         gen.phase = "done"
+        self._count_tokens((gen,))
+        self.metrics.set_active(len(self._active))
         if gen.failure is not None:
             _reject(gen.ready, gen.failure)
         else:
             _resolve(gen.ready)
         elapsed = time.monotonic() - gen.started_at
+        self.metrics.stream_ended(outcome, elapsed)
         fields: dict[str, object] = {
             "outcome": outcome.finish_reason if isinstance(outcome, Complete) else "error",
             "tokens": len(gen.pieces),
@@ -501,6 +518,7 @@ class GenerationService:
     async def _checkpoint_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.checkpoint_interval)
+            self._count_tokens(self._active.values())
             due = [
                 gen
                 for gen in self._active.values()
@@ -516,6 +534,20 @@ class GenerationService:
                 log.warning("checkpoint failed (%s); retrying", type(exc).__name__)
                 for gen in due:
                     gen.dirty = True
+
+    def _count_tokens(self, gens: Iterable[Generation]) -> None:
+        """Add the tokens logged since the last count to ``runnel_tokens_relayed``: every
+        token after the ``status`` event took one id, so the ids tell, with no per-token
+        work. One increment per provider."""
+        added: dict[str, int] = {}
+        for gen in gens:
+            logged = gen.last_id - gen.status_id if gen.status_id else 0
+            if logged > gen.tokens_counted:
+                provider = provider_of(gen.model)
+                added[provider] = added.get(provider, 0) + logged - gen.tokens_counted
+                gen.tokens_counted = logged
+        for provider, count in added.items():
+            self.metrics.add_tokens(provider, count)
 
 
 def _reply_outcome(content: str, outcome: Complete | Error, model: str) -> ReplyOutcome:

@@ -18,6 +18,7 @@ from runnel.broker.memory import MemoryBroker
 from runnel.broker.redis import RedisBroker
 from runnel.chat import ChatService
 from runnel.generation import GenerationService
+from runnel.metrics import Metrics
 from runnel.providers.registry import Registry
 from runnel.quotas import Quotas, parse_rate
 from runnel.settings import Settings
@@ -51,7 +52,9 @@ def create_app(settings: Settings) -> FastAPI:
             if recovered:
                 log.warning("marked %d unfinished replies as interrupted", recovered)
             broker = MemoryBroker(settings.stream_retention)
-        generations = GenerationService(settings, store, broker)
+        # built here, not in create_app: a worker must have PROMETHEUS_MULTIPROC_DIR first
+        metrics = Metrics.from_environment()
+        generations = GenerationService(settings, store, broker, metrics)
         if settings.redis_url:
             await redis_broker.start(generations.cancel)
         quotas = Quotas(
@@ -60,9 +63,16 @@ def create_app(settings: Settings) -> FastAPI:
             generations.user_streams,
             settings.redis_url,
         )
-        chat = ChatService(settings, store, broker, generations, registry, quotas)
+        chat = ChatService(settings, store, broker, generations, registry, quotas, metrics)
         app.state.runnel = Services(
-            settings, store, broker, registry, generations, chat, Authenticator(settings.tokens)
+            settings,
+            store,
+            broker,
+            registry,
+            generations,
+            chat,
+            Authenticator(settings.tokens),
+            metrics,
         )
         generations.start_loops()
         try:
@@ -72,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
             await registry.aclose()
             await broker.aclose()
             await store.close()
+            metrics.close()
 
     app = FastAPI(
         title="Runnel",

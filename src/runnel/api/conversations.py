@@ -96,7 +96,9 @@ async def attach(
     )
     if stream_id is None:
         return Response(status_code=204)
-    return await event_stream(services.broker, stream_id, after or 0, services.settings)
+    return await event_stream(
+        services.broker, stream_id, after or 0, services.settings, services.metrics
+    )
 
 
 async def _deliver(generation: Generation, request: Request, services: ServicesDep) -> Any:

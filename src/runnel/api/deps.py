@@ -11,6 +11,7 @@ from runnel.api.auth import Authenticator, current_user
 from runnel.broker import Broker
 from runnel.chat import ChatService
 from runnel.generation import GenerationService
+from runnel.metrics import Metrics
 from runnel.providers.registry import Registry
 from runnel.settings import Settings
 from runnel.store.sql import Store
@@ -25,9 +26,11 @@ class Services:
     generations: GenerationService
     chat: ChatService
     auth: Authenticator
+    metrics: Metrics
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    """``async``, like ``current_user``: a plain function would run in a worker thread."""
     found: Services = request.app.state.runnel
     return found
 

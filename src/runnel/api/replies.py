@@ -11,6 +11,7 @@ from runnel.api.streaming import EventStreamResponse
 from runnel.broker import Broker
 from runnel.errors import BY_CODE, Internal, InvalidRequest, NotFound
 from runnel.events import Complete, Error, Status, to_wire
+from runnel.metrics import Metrics
 from runnel.settings import Settings
 
 
@@ -29,14 +30,23 @@ def last_event_id(request: Request) -> int | None:
     return int(raw)
 
 
-async def event_stream(broker: Broker, stream_id: str, after: int, settings: Settings) -> Response:
+async def event_stream(
+    broker: Broker,
+    stream_id: str,
+    after: int,
+    settings: Settings,
+    metrics: Metrics | None = None,
+) -> Response:
     """The SSE response reading the stream after event ``after``; 204 when the stream is
-    over and the reader has it all (so an EventSource stops reconnecting)."""
+    over and the reader has it all (so an EventSource stops reconnecting). A reader that
+    resumes (``after`` > 0) and gets a stream is counted in ``metrics``."""
     first = await broker.read(stream_id, after, timeout=0)
     if first is None:
         raise NotFound("stream not found or expired")
     if first.finished and not first.events:
         return Response(status_code=204)
+    if after and metrics is not None:
+        metrics.resumed()
     return EventStreamResponse(
         broker,
         stream_id,

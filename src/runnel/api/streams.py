@@ -30,7 +30,9 @@ async def stateless(
 async def attach(stream_id: str, request: Request, services: ServicesDep, user: UserDep) -> Any:
     after = last_event_id(request)
     await services.chat.stream_meta(user, stream_id)
-    return await event_stream(services.broker, stream_id, after or 0, services.settings)
+    return await event_stream(
+        services.broker, stream_id, after or 0, services.settings, services.metrics
+    )
 
 
 @router.post("/streams/{stream_id}/cancel", status_code=202)

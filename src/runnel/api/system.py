@@ -1,12 +1,12 @@
-"""Models, liveness and readiness."""
+"""Models, liveness, readiness and metrics."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 
 from runnel.api.deps import ServicesDep, UserDep
 
@@ -29,6 +29,13 @@ async def models(services: ServicesDep, user: UserDep) -> dict[str, Any]:
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@router.get("/metrics")
+async def metrics(request: Request, services: ServicesDep) -> Response:
+    """Prometheus metrics; like ``/healthz``, no token needed (no user data in it)."""
+    body, content_type = services.metrics.render(request.headers.get("accept", ""))
+    return Response(body, headers={"content-type": content_type})
 
 
 @router.get("/readyz")
