@@ -39,7 +39,7 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
-from runnel.providers.transport import http_client
+from runnel.providers.transport import body_chunks, http_client
 from runnel.providers.wire import drain, retry_after, sse_data
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ class _AnthropicStream:
         reason: FinishReason | None = None
         counts: dict[str, int] = {}
         try:
-            events = sse_data(self._response.aiter_bytes(), self._provider)
+            events = sse_data(body_chunks(self._response), self._provider)
             async for payload in events:
                 try:
                     event = orjson.loads(payload)

@@ -63,7 +63,7 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
-from runnel.providers.transport import http_client
+from runnel.providers.transport import body_chunks, http_client
 from runnel.providers.wire import retry_after, sse_data
 
 _MISSING_SDK: ImportError | None = None
@@ -291,7 +291,7 @@ class _GeminiStream:
         finish: FinishReason | None = None
         usage: Usage | None = None
         try:
-            async for payload in sse_data(self._response.aiter_bytes(), self._provider):
+            async for payload in sse_data(body_chunks(self._response), self._provider):
                 chunk = self._parse(payload)
                 try:
                     candidates = chunk.get("candidates")

@@ -31,7 +31,7 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
-from runnel.providers.transport import http_client
+from runnel.providers.transport import body_chunks, http_client
 from runnel.providers.wire import drain, retry_after, sse_data
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ class _OpenAIStream:
         finish: FinishReason | None = None
         usage: Usage | None = None
         try:
-            events = sse_data(self._response.aiter_bytes(), self._provider)
+            events = sse_data(body_chunks(self._response), self._provider)
             async for payload in events:
                 if payload == b"[DONE]":
                     await drain(events)
