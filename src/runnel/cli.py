@@ -15,7 +15,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from runnel import __version__, logs
-from runnel.api.app import create_app
+from runnel.api.app import create_app, settle_heap
 from runnel.api.auth import is_loopback
 from runnel.metrics import multiprocess_directory
 from runnel.settings import Settings
@@ -99,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_header=False,
     )
     log.info("runnel %s listening on http://%s:%d", __version__, args.host, args.port)
+    settle_heap()
     DrainingServer(config, settings.shutdown_grace).run()
     return 0
 
