@@ -161,3 +161,29 @@ def test_closing_a_response_mid_body_closes_its_connection() -> None:
             await asyncio.wait_for(closed.wait(), 1.0)
 
     asyncio.run(with_server(handler, test))
+
+
+def test_requests_go_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plain-HTTP proxy (it receives the absolute URL); NO_PROXY hosts go direct."""
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_head(reader)
+        seen.append(head.split(b"\r\n", 1)[0])
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def test(url: str) -> None:
+        monkeypatch.setenv("HTTP_PROXY", url)
+        monkeypatch.setenv("NO_PROXY", "direct.invalid")
+        async with http_client(5.0) as client:
+            response = await client.get("http://upstream.invalid/v1/models")
+            assert response.text == "ok"
+            with pytest.raises(httpx2.ConnectError):
+                await client.get("http://direct.invalid/v1/models")
+        assert seen == [b"GET http://upstream.invalid/v1/models HTTP/1.1"]
+
+    asyncio.run(with_server(proxy, test))

@@ -14,7 +14,7 @@ request building, auth and error classes, and the providers still read
 Semantics kept from httpx2's transport: the request's connect timeout and, for the response
 head, its read timeout (the body has no per-read timer, see ``handle_async_request``),
 connection pooling with keep-alive, proxies from the environment
-(``HTTPS_PROXY``, ``NO_PROXY``…), TLS verified against the system store, the body left
+(``HTTPS_PROXY``, ``NO_PROXY``…, read once), TLS verified against the system store, the body left
 encoded (httpx2 decodes ``Content-Encoding`` itself). aiohttp's exceptions become the
 matching httpx2 ones, which the SDKs map to their own. Closing a response that was not
 read to its end closes its connection (this is how Stop aborts an upstream request); one
@@ -27,6 +27,7 @@ the loop that serves the app, and closed by ``aclose``.
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -40,6 +41,9 @@ _BODY = "runnel.body"  # the response extension that holds the aiohttp body stre
 class AiohttpTransport(httpx2.AsyncBaseTransport):
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        # read once: aiohttp's own trust_env looks proxies up in a worker thread per request
+        self._proxies = urllib.request.getproxies_environment()
+        self._proxy_for: dict[tuple[str, str], str | None] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         session = self._session
@@ -48,7 +52,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,  # httpx2 decodes, from the headers it is given
-                trust_env=True,  # proxies from the environment, as httpx2 does
+                trust_env=False,  # proxies: see _proxy, read once from the environment
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
                 raise_for_status=False,
             )
@@ -72,6 +76,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                     data=payload or None,
                     timeout=timeout,
                     allow_redirects=False,  # httpx2 follows redirects above the transport
+                    proxy=self._proxy(request.url),
                     compress=None,
                 )
         body = _ResponseStream(response)
@@ -85,6 +90,17 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 "reason_phrase": (response.reason or "").encode("latin-1"),
             },
         )
+
+    def _proxy(self, url: httpx2.URL) -> str | None:
+        """The proxy for ``url`` from ``HTTP(S)_PROXY``/``ALL_PROXY`` and ``NO_PROXY``, as
+        httpx2 would pick it (per scheme and host, remembered)."""
+        key = (url.scheme, url.host)
+        if key not in self._proxy_for:
+            proxy = self._proxies.get(url.scheme) or self._proxies.get("all")
+            if proxy and urllib.request.proxy_bypass(url.host):
+                proxy = None
+            self._proxy_for[key] = proxy
+        return self._proxy_for[key]
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
