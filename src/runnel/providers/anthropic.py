@@ -27,20 +27,18 @@ import httpx2
 import orjson
 
 from runnel.errors import (
-    ContextLengthExceeded,
     Interrupted,
     ModelNotFound,
     ProviderAuth,
     ProviderError,
     RateLimited,
     RunnelError,
-    StreamingUnsupported,
     StreamTimeout,
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
 from runnel.providers.transport import body_chunks, http_client
-from runnel.providers.wire import drain, retry_after, sse_data
+from runnel.providers.wire import drain, rejected_request, retry_after, sse_data
 
 if TYPE_CHECKING:
     from runnel.settings import ProviderConfig, Settings
@@ -342,18 +340,8 @@ def map_anthropic_error(exc: anthropic.AnthropicError, provider: str) -> RunnelE
         if status == 404:
             return ModelNotFound(f"{provider} does not serve that model", provider=provider)
         if status in (400, 413, 422):
-            if _refuses_streaming(exc):
-                return StreamingUnsupported(
-                    f"{provider} cannot stream this model", provider=provider
-                )
-            if _mentions_context_length(exc):
-                return ContextLengthExceeded(
-                    "the conversation is too long for this model", provider=provider
-                )
-            return ProviderError(
-                f"{provider} rejected the request (HTTP {status})",
-                retryable=False,
-                provider=provider,
+            return rejected_request(
+                status, f"{exc.error_code or ''} {exc.api_message or exc.message}", provider
             )
         if status in (408, 504):
             return StreamTimeout(f"{provider} timed out (HTTP {status})", provider=provider)
@@ -369,30 +357,3 @@ def map_anthropic_error(exc: anthropic.AnthropicError, provider: str) -> RunnelE
     if isinstance(exc, anthropic.APIConnectionError):
         return ProviderError(f"could not connect to {provider}", provider=provider)
     return ProviderError(f"{provider} failed", provider=provider)
-
-
-def _error_text(exc: anthropic.APIStatusError) -> str:
-    return f"{exc.error_code or ''} {exc.api_message or exc.message}".lower()
-
-
-def _refuses_streaming(exc: anthropic.APIStatusError) -> bool:
-    """A 400 that says streaming is not supported (from Anthropic-compatible servers)."""
-    text = _error_text(exc)
-    return "stream" in text and any(w in text for w in ("not support", "unsupported", "disabled"))
-
-
-def _mentions_context_length(exc: anthropic.APIStatusError) -> bool:
-    """Anthropic words it "prompt is too long: N tokens > M maximum" or "input length and
-    `max_tokens` exceed context limit"."""
-    text = _error_text(exc)
-    return any(
-        phrase in text
-        for phrase in (
-            "prompt is too long",
-            "prompt_too_long",
-            "context limit",
-            "context window",
-            "context length",
-            "context_length",
-        )
-    )

@@ -64,7 +64,7 @@ from runnel.errors import (
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
 from runnel.providers.transport import body_chunks, http_client
-from runnel.providers.wire import retry_after, sse_data
+from runnel.providers.wire import json_object, retry_after, sse_data
 
 _MISSING_SDK: ImportError | None = None
 try:
@@ -330,12 +330,7 @@ class _GeminiStream:
         yield Finish(finish, usage)
 
     def _parse(self, payload: bytes) -> dict[str, Any]:
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise ProviderError(f"{self._provider} sent malformed data") from exc
-        if not isinstance(obj, dict):
-            raise ProviderError(f"{self._provider} sent malformed data")
+        obj = json_object(payload, self._provider)
         if "error" in obj and not obj.get("candidates"):
             raise _stream_error(obj["error"], self._provider)
         return obj

@@ -16,23 +16,20 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 import openai
-import orjson
 
 from runnel.errors import (
-    ContextLengthExceeded,
     Interrupted,
     ModelNotFound,
     ProviderAuth,
     ProviderError,
     RateLimited,
     RunnelError,
-    StreamingUnsupported,
     StreamTimeout,
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
 from runnel.providers.transport import body_chunks, http_client
-from runnel.providers.wire import drain, retry_after, sse_data
+from runnel.providers.wire import drain, json_object, rejected_request, retry_after, sse_data
 
 if TYPE_CHECKING:
     from runnel.settings import ProviderConfig, Settings
@@ -201,12 +198,7 @@ class _OpenAIStream:
         yield Finish(finish, usage)
 
     def _parse(self, payload: bytes) -> dict[str, Any]:
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise ProviderError(f"{self._provider} sent malformed data") from exc
-        if not isinstance(obj, dict):
-            raise ProviderError(f"{self._provider} sent malformed data")
+        obj = json_object(payload, self._provider)
         if "error" in obj and not obj.get("choices"):
             raise _stream_error(obj["error"], self._provider)
         return obj
@@ -246,19 +238,8 @@ def map_openai_error(exc: openai.OpenAIError, provider: str) -> RunnelError:
         if status == 404:
             return ModelNotFound(f"{provider} does not serve that model", provider=provider)
         if status in (400, 413, 422):
-            if _refuses_streaming(exc):
-                return StreamingUnsupported(
-                    f"{provider} cannot stream this model", provider=provider
-                )
-            if _mentions_context_length(exc):
-                return ContextLengthExceeded(
-                    "the conversation is too long for this model", provider=provider
-                )
-            return ProviderError(
-                f"{provider} rejected the request (HTTP {status})",
-                retryable=False,
-                provider=provider,
-            )
+            code = getattr(exc, "code", None)
+            return rejected_request(status, f"{code or ''} {exc.message}", provider)
         if status in (408, 504):
             return StreamTimeout(f"{provider} timed out (HTTP {status})", provider=provider)
         return ProviderError(f"{provider} failed (HTTP {status})", provider=provider)
@@ -267,16 +248,3 @@ def map_openai_error(exc: openai.OpenAIError, provider: str) -> RunnelError:
     if isinstance(exc, openai.APIConnectionError):
         return ProviderError(f"could not connect to {provider}", provider=provider)
     return ProviderError(f"{provider} failed", provider=provider)
-
-
-def _refuses_streaming(exc: openai.APIStatusError) -> bool:
-    """A 400 that says streaming is not supported (vLLM, LM Studio and hosted clones word it
-    differently; all of them name streaming and a negation)."""
-    text = exc.message.lower()
-    return "stream" in text and any(w in text for w in ("not support", "unsupported", "disabled"))
-
-
-def _mentions_context_length(exc: openai.APIStatusError) -> bool:
-    code = getattr(exc, "code", None)
-    text = f"{code} {exc.message}".lower()
-    return "context_length" in text or "context length" in text or "maximum context" in text

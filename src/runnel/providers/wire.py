@@ -1,8 +1,10 @@
-"""Lean readers of provider wire formats, shared by the HTTP providers' token paths.
+"""What the HTTP providers share about their upstreams' wire formats.
 
 The SDKs' typed per-chunk parsing costs more per token than the whole relay budget
 (shared/PERFORMANCE.md), so providers read their streaming response as bytes and hand the
-``data`` of each SSE event to orjson themselves.
+``data`` of each SSE event to orjson themselves (``sse_data``, ``json_object``). Also
+shared: ``Retry-After``, reading a finished body to its end (``drain``), and what a
+rejected request (400/413/422) means (``rejected_request``).
 """
 
 from __future__ import annotations
@@ -12,10 +14,17 @@ import contextlib
 import email.utils
 import time
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import httpx2
+import orjson
 
-from runnel.errors import ProviderError, RunnelError
+from runnel.errors import (
+    ContextLengthExceeded,
+    ProviderError,
+    RunnelError,
+    StreamingUnsupported,
+)
 
 MAX_LINE = 4 * 1024 * 1024
 DRAIN_TIMEOUT = 0.05
@@ -74,3 +83,43 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, parsed.timestamp() - time.time())
+
+
+def json_object(payload: bytes, provider: str) -> dict[str, Any]:
+    """One event's JSON object; anything else is ``sent malformed data``."""
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ProviderError(f"{provider} sent malformed data") from exc
+    if not isinstance(obj, dict):
+        raise ProviderError(f"{provider} sent malformed data")
+    return obj
+
+
+# how OpenAI, Anthropic and the OpenAI-compatible servers say the prompt is too long
+_CONTEXT_PHRASES = (
+    "context_length",
+    "context length",
+    "maximum context",
+    "context limit",
+    "context window",
+    "prompt is too long",
+    "prompt_too_long",
+)
+
+
+def rejected_request(status: int, text: str, provider: str) -> RunnelError:
+    """A 400, 413 or 422 by what its error says (``text``: its code and message): the
+    upstream cannot stream this model (vLLM, LM Studio and hosted clones word it
+    differently, all naming streaming and a negation), the conversation is too long for
+    the model, or any other rejection (not retryable)."""
+    text = text.lower()
+    if "stream" in text and any(w in text for w in ("not support", "unsupported", "disabled")):
+        return StreamingUnsupported(f"{provider} cannot stream this model", provider=provider)
+    if any(phrase in text for phrase in _CONTEXT_PHRASES):
+        return ContextLengthExceeded(
+            "the conversation is too long for this model", provider=provider
+        )
+    return ProviderError(
+        f"{provider} rejected the request (HTTP {status})", retryable=False, provider=provider
+    )
