@@ -174,8 +174,8 @@ class RoutedStream:
             try:
                 async for delta in deltas:
                     yield delta
-                    if type(delta) is str or isinstance(delta, Finish):
-                        return
+                    if (type(delta) is str and delta) or isinstance(delta, Finish):
+                        return  # an empty string is no text: still retryable after it
                 return  # ended without a finish: the generation reports it
             except RunnelError as exc:
                 await self._drop_current()
