@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import httpx2
 import pytest
 
-from runnel.providers.transport import body_chunks, http_client
+from runnel.providers.transport import http_client, take_body
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -62,7 +62,9 @@ def test_a_streamed_body_arrives_whole_and_the_connection_is_reused() -> None:
         async with http_client(10.0) as client:
             for _ in range(3):
                 async with client.stream("POST", url, content=b"{}") as response:
-                    body = b"".join([part async for part in body_chunks(response)])
+                    body = b"".join(
+                        [part async for part in take_body(response, response.aclose).chunks()]
+                    )
                     assert body == b"data: one\n\ndata: two\n\n"
         assert connections == 1
 
@@ -82,7 +84,7 @@ def test_an_encoded_body_is_decoded() -> None:
 
     async def test(url: str) -> None:
         async with http_client(10.0) as client, client.stream("GET", url) as response:
-            body = b"".join([part async for part in body_chunks(response)])
+            body = b"".join([part async for part in take_body(response, response.aclose).chunks()])
         assert body == b"data: squeezed\n\n"
 
     asyncio.run(with_server(handler, test))
@@ -99,7 +101,7 @@ def test_bytes_that_arrive_with_a_dropped_connection_are_delivered_first() -> No
     received: list[bytes] = []
 
     async def read_all(response: httpx2.Response) -> None:
-        async for part in body_chunks(response):
+        async for part in take_body(response, response.aclose).chunks():
             received.append(part)
 
     async def test(url: str) -> None:
@@ -156,7 +158,7 @@ def test_closing_a_response_mid_body_closes_its_connection() -> None:
     async def test(url: str) -> None:
         async with http_client(10.0) as client:
             async with client.stream("GET", url) as response:
-                async for _ in body_chunks(response):
+                async for _ in take_body(response, response.aclose).chunks():
                     break
             await asyncio.wait_for(closed.wait(), 1.0)
 

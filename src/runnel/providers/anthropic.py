@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import anthropic
@@ -37,7 +36,7 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
-from runnel.providers.transport import body_chunks, http_client
+from runnel.providers.transport import UpstreamBody, http_client, take_body
 from runnel.providers.wire import drain, rejected_request, retry_after, sse_data
 
 if TYPE_CHECKING:
@@ -134,7 +133,10 @@ class AnthropicProvider(Provider):
         except (httpx2.HTTPError, UnicodeError, ValueError) as exc:
             # the request could not even be built or sent (e.g. a key that is not ASCII)
             raise ProviderError(f"could not send the request to {self.name}") from exc
-        return _AnthropicStream(self.name, context, response.http_response)
+        return _AnthropicStream(
+            self.name,
+            take_body(response.http_response, lambda: context.__aexit__(None, None, None)),
+        )
 
     async def _complete(
         self, model: str, turns: list[Any], system: str, max_tokens: int
@@ -206,15 +208,9 @@ def _max_tokens_option(provider: str, options: Mapping[str, Any]) -> int | None:
 
 
 class _AnthropicStream:
-    def __init__(
-        self,
-        provider: str,
-        context: AbstractAsyncContextManager[Any],
-        response: httpx2.Response,
-    ) -> None:
+    def __init__(self, provider: str, body: UpstreamBody) -> None:
         self._provider = provider
-        self._context = context
-        self._response = response
+        self._body = body
         self._closed = False
 
     def __aiter__(self) -> AsyncIterator[Delta]:
@@ -224,7 +220,7 @@ class _AnthropicStream:
         reason: FinishReason | None = None
         counts: dict[str, int] = {}
         try:
-            events = sse_data(body_chunks(self._response), self._provider)
+            events = sse_data(self._body.chunks(), self._provider)
             async for payload in events:
                 try:
                     event = orjson.loads(payload)
@@ -273,7 +269,7 @@ class _AnthropicStream:
         if self._closed:
             return
         self._closed = True
-        await self._context.__aexit__(None, None, None)
+        await self._body.aclose()
 
 
 def _count(counts: dict[str, int], usage: Any) -> None:

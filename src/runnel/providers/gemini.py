@@ -63,7 +63,7 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
-from runnel.providers.transport import body_chunks, http_client
+from runnel.providers.transport import UpstreamBody, http_client, take_body
 from runnel.providers.wire import json_object, retry_after, sse_data
 
 _MISSING_SDK: ImportError | None = None
@@ -212,7 +212,7 @@ class GeminiProvider(Provider):
                 raise map_gemini_error(exc, self.name) from exc
             finally:
                 await response.aclose()
-        return _GeminiStream(self.name, response)
+        return _GeminiStream(self.name, take_body(response, response.aclose))
 
     async def _complete(
         self, model: str, system: str | None, contents: list[dict[str, Any]], max_tokens: int
@@ -279,9 +279,9 @@ class GeminiProvider(Provider):
 
 
 class _GeminiStream:
-    def __init__(self, provider: str, response: httpx2.Response) -> None:
+    def __init__(self, provider: str, body: UpstreamBody) -> None:
         self._provider = provider
-        self._response = response
+        self._body = body
         self._closed = False
 
     def __aiter__(self) -> AsyncIterator[Delta]:
@@ -291,7 +291,7 @@ class _GeminiStream:
         finish: FinishReason | None = None
         usage: Usage | None = None
         try:
-            async for payload in sse_data(body_chunks(self._response), self._provider):
+            async for payload in sse_data(self._body.chunks(), self._provider):
                 chunk = self._parse(payload)
                 try:
                     candidates = chunk.get("candidates")
@@ -339,7 +339,7 @@ class _GeminiStream:
         if self._closed:
             return
         self._closed = True
-        await self._response.aclose()
+        await self._body.aclose()
 
 
 def _split_messages(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -28,7 +27,7 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
-from runnel.providers.transport import body_chunks, http_client
+from runnel.providers.transport import UpstreamBody, http_client, take_body
 from runnel.providers.wire import drain, json_object, rejected_request, retry_after, sse_data
 
 if TYPE_CHECKING:
@@ -103,7 +102,10 @@ class OpenAIProvider(Provider):
         except (httpx2.HTTPError, UnicodeError, ValueError) as exc:
             # the request could not even be built or sent (e.g. a key that is not ASCII)
             raise ProviderError(f"could not send the request to {self.name}") from exc
-        return _OpenAIStream(self.name, context, response.http_response)
+        return _OpenAIStream(
+            self.name,
+            take_body(response.http_response, lambda: context.__aexit__(None, None, None)),
+        )
 
     async def _complete(self, model: str, messages: list[Any]) -> ReplayStream:
         try:
@@ -146,15 +148,9 @@ class OpenAIProvider(Provider):
 
 
 class _OpenAIStream:
-    def __init__(
-        self,
-        provider: str,
-        context: AbstractAsyncContextManager[Any],
-        response: httpx2.Response,
-    ) -> None:
+    def __init__(self, provider: str, body: UpstreamBody) -> None:
         self._provider = provider
-        self._context = context
-        self._response = response
+        self._body = body
         self._closed = False
 
     def __aiter__(self) -> AsyncIterator[Delta]:
@@ -164,7 +160,7 @@ class _OpenAIStream:
         finish: FinishReason | None = None
         usage: Usage | None = None
         try:
-            events = sse_data(body_chunks(self._response), self._provider)
+            events = sse_data(self._body.chunks(), self._provider)
             async for payload in events:
                 if payload == b"[DONE]":
                     await drain(events)
@@ -207,7 +203,7 @@ class _OpenAIStream:
         if self._closed:
             return
         self._closed = True
-        await self._context.__aexit__(None, None, None)
+        await self._body.aclose()
 
 
 def _stream_error(error: Any, provider: str) -> RunnelError:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -177,11 +177,34 @@ def http_client(timeout: httpx2.Timeout | float, **kwargs: Any) -> httpx2.AsyncC
     )
 
 
-def body_chunks(response: httpx2.Response) -> AsyncIterator[bytes]:
-    """A streaming response's body as it arrives. From ``AiohttpTransport`` with no content
-    encoding, straight from aiohttp, skipping httpx2's three generator layers (a few µs
-    per chunk); otherwise ``aiter_bytes()``. Closing the response closes it either way."""
+class UpstreamBody:
+    """A streaming response's body, and how to close it (which aborts the upstream request
+    when the body was not read to its end)."""
+
+    __slots__ = ("_chunks", "_close")
+
+    def __init__(
+        self, chunks: AsyncIterator[bytes], close: Callable[[], Awaitable[object]]
+    ) -> None:
+        self._chunks = chunks
+        self._close = close
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        await self._close()
+
+
+def take_body(response: httpx2.Response, close: Callable[[], Awaitable[object]]) -> UpstreamBody:
+    """The body of a streaming response as it arrives; ``close`` closes the response.
+
+    From ``AiohttpTransport`` with no content encoding, the body is aiohttp's alone: read
+    without httpx2's three generator layers (a few µs per chunk), and held without the
+    httpx2 request and response, the SDK's wrapper and the request's own body — the whole
+    prompt — which a stream would otherwise keep alive for its whole life. Otherwise it is
+    ``aiter_bytes()``, closed by ``close``."""
     body = response.extensions.get(_BODY)
     if isinstance(body, _ResponseStream) and "content-encoding" not in response.headers:
-        return body.__aiter__()
-    return response.aiter_bytes()
+        return UpstreamBody(body.__aiter__(), body.aclose)
+    return UpstreamBody(response.aiter_bytes(), close)
