@@ -84,3 +84,30 @@ def test_a_failure_after_text_is_not_retried() -> None:
 
     assert isinstance(asyncio.run(run()), ProviderError)
     assert provider.opened == 1
+
+
+class _Messages(list[ChatMessage]):
+    """A prompt that can be watched with a weak reference."""
+
+
+def test_the_prompt_is_let_go_once_text_arrived() -> None:
+    import gc
+    import weakref
+
+    provider = Scripted([(["text", "more", Finish("stop")], None)])
+    router = Router(RetryPolicy(base_delay=0.0))
+
+    async def run() -> None:
+        prompt = _Messages([{"role": "user", "content": "a long conversation"}])
+        watch = weakref.ref(prompt)
+        route = Route("scripted/m", (Candidate(provider, "m", "scripted/m"),))
+        routed = await router.open(route, prompt, max_tokens=10)
+        del prompt
+        head = [delta async for delta in routed.head()]
+        assert head == ["text"]
+        gc.collect()
+        assert watch() is None, "the routed stream still holds the prompt"
+        assert [delta async for delta in routed.tail()] == ["more", Finish("stop")]
+        await routed.aclose()
+
+    asyncio.run(run())

@@ -295,6 +295,7 @@ class GenerationService:
         stream = await self.router.open(
             request.route, request.prompt, max_tokens=self.settings.max_output_tokens
         )
+        request.prompt = ()  # the router keeps it while it may still retry, then lets it go
         self.metrics.provider_opened(stream.model_id, time.monotonic() - began)
         return stream
 

@@ -175,6 +175,9 @@ class RoutedStream:
                 async for delta in deltas:
                     yield delta
                     if (type(delta) is str and delta) or isinstance(delta, Finish):
+                        # no retry from here on: the prompt (the whole conversation) is
+                        # not needed any more, so the stream does not keep it alive
+                        self._messages = ()
                         return  # an empty string is no text: still retryable after it
                 return  # ended without a finish: the generation reports it
             except RunnelError as exc:
