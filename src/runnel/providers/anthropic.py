@@ -17,7 +17,6 @@ off: with them on, the SDK wraps the response body in one more async layer per c
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,7 @@ from runnel.errors import (
     StreamTimeout,
 )
 from runnel.events import FinishReason, Usage
-from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
+from runnel.providers.base import ChatMessage, Delta, Finish, ModelList, Provider, ReplayStream
 from runnel.providers.transport import UpstreamBody, http_client, take_body
 from runnel.providers.wire import drain, rejected_request, retry_after, sse_data
 
@@ -56,7 +55,6 @@ _STOP: dict[str, FinishReason] = {
 _INPUT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 _USAGE_KEYS = (*_INPUT_KEYS, "output_tokens")
 _OPTIONS = frozenset({"max_tokens"})
-_MODELS_TTL = 60.0
 _MODELS_PAGE = 1000  # the largest page the Models API serves
 
 
@@ -100,8 +98,7 @@ class AnthropicProvider(Provider):
             default_headers=headers,
             open_telemetry=False,
         )
-        self._configured_models = list(models)
-        self._models_cache: tuple[float, list[str]] | None = None
+        self._models = ModelList(models, self._fetch_models)
 
     async def open(
         self,
@@ -169,24 +166,18 @@ class AnthropicProvider(Provider):
         )
 
     async def list_models(self) -> list[str]:
-        if self._configured_models:
-            return list(self._configured_models)
-        cached = self._models_cache
-        if cached is not None and time.monotonic() - cached[0] < _MODELS_TTL:
-            return cached[1]
+        return await self._models.get()
+
+    async def _fetch_models(self) -> list[str]:
         try:
-            names = sorted(
-                [
-                    model.id
-                    async for model in self._client.models.list(limit=_MODELS_PAGE, timeout=5.0)
-                ]
-            )
+            return [
+                model.id
+                async for model in self._client.models.list(limit=_MODELS_PAGE, timeout=5.0)
+            ]
         except anthropic.AnthropicError as exc:
             raise map_anthropic_error(exc, self.name) from exc
         except httpx2.HTTPError as exc:
             raise ProviderError(f"could not list the models of {self.name}") from exc
-        self._models_cache = (time.monotonic(), names)
-        return names
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -18,8 +18,9 @@ point names a ``ProviderFactory``, called once per configured provider at start-
 from __future__ import annotations
 
 import re
+import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, TypedDict
 
@@ -81,6 +82,31 @@ class Provider(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release clients and connections."""
+
+
+MODELS_TTL = 60.0
+
+
+class ModelList:
+    """A provider's model names: the configured ones when there are any, else the names
+    ``fetch`` gets from the upstream's model list, sorted and kept ``MODELS_TTL`` s."""
+
+    def __init__(
+        self, configured: Sequence[str], fetch: Callable[[], Awaitable[list[str]]]
+    ) -> None:
+        self._configured = list(configured)
+        self._fetch = fetch
+        self._cached: tuple[float, list[str]] | None = None
+
+    async def get(self) -> list[str]:
+        if self._configured:
+            return list(self._configured)
+        cached = self._cached
+        if cached is not None and time.monotonic() - cached[0] < MODELS_TTL:
+            return cached[1]
+        names = sorted(await self._fetch())
+        self._cached = (time.monotonic(), names)
+        return names
 
 
 ProviderFactory = Callable[[str, "ProviderConfig", "Settings"], Provider]

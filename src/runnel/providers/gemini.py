@@ -43,7 +43,6 @@ stream that ends without a ``finishReason`` was interrupted.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -62,7 +61,7 @@ from runnel.errors import (
     StreamTimeout,
 )
 from runnel.events import FinishReason, Usage
-from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
+from runnel.providers.base import ChatMessage, Delta, Finish, ModelList, Provider, ReplayStream
 from runnel.providers.transport import UpstreamBody, http_client, take_body
 from runnel.providers.wire import json_object, retry_after, sse_data
 
@@ -81,7 +80,6 @@ GEMINI_API = "https://generativelanguage.googleapis.com"
 DEFAULT_API_VERSION = "v1beta"
 OPTIONS = frozenset({"api_version"})
 _API_VERSION = re.compile(r"^v[0-9]+[a-z0-9]*$")
-_MODELS_TTL = 60.0
 _LIST_TIMEOUT_MS = 5000
 _CONNECT_TIMEOUT = 10.0
 _FINISH: dict[str, FinishReason] = {
@@ -174,8 +172,7 @@ class GeminiProvider(Provider):
                 httpx_async_client=self._http,
             ),
         )
-        self._configured_models = list(models)
-        self._models_cache: tuple[float, list[str]] | None = None
+        self._models = ModelList(models, self._fetch_models)
 
     async def open(
         self,
@@ -250,11 +247,9 @@ class GeminiProvider(Provider):
         return ReplayStream(text, Finish(_FINISH.get(str(reason), "stop"), usage))
 
     async def list_models(self) -> list[str]:
-        if self._configured_models:
-            return list(self._configured_models)
-        cached = self._models_cache
-        if cached is not None and time.monotonic() - cached[0] < _MODELS_TTL:
-            return cached[1]
+        return await self._models.get()
+
+    async def _fetch_models(self) -> list[str]:
         config = genai_types.ListModelsConfig(
             page_size=1000, http_options=genai_types.HttpOptions(timeout=_LIST_TIMEOUT_MS)
         )
@@ -269,8 +264,6 @@ class GeminiProvider(Provider):
             raise map_gemini_error(exc, self.name) from exc
         except ValueError as exc:
             raise ProviderError(f"{self.name} sent malformed data", provider=self.name) from exc
-        names.sort()
-        self._models_cache = (time.monotonic(), names)
         return names
 
     async def aclose(self) -> None:

@@ -9,7 +9,6 @@ its ``chat.completion.chunk`` SSE lines are parsed with orjson.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,7 @@ from runnel.errors import (
     StreamTimeout,
 )
 from runnel.events import FinishReason, Usage
-from runnel.providers.base import ChatMessage, Delta, Finish, Provider, ReplayStream
+from runnel.providers.base import ChatMessage, Delta, Finish, ModelList, Provider, ReplayStream
 from runnel.providers.transport import UpstreamBody, http_client, take_body
 from runnel.providers.wire import drain, json_object, rejected_request, retry_after, sse_data
 
@@ -40,7 +39,6 @@ _FINISH: dict[str, FinishReason] = {
     "tool_calls": "stop",
     "function_call": "stop",
 }
-_MODELS_TTL = 60.0
 OPENAI_API = "https://api.openai.com/v1"
 
 
@@ -75,8 +73,7 @@ class OpenAIProvider(Provider):
             timeout=httpx2.Timeout(timeout, connect=10.0),
             http_client=http_client(httpx2.Timeout(timeout, connect=10.0)),
         )
-        self._configured_models = list(models)
-        self._models_cache: tuple[float, list[str]] | None = None
+        self._models = ModelList(models, self._fetch_models)
 
     async def open(
         self,
@@ -130,18 +127,14 @@ class OpenAIProvider(Provider):
         )
 
     async def list_models(self) -> list[str]:
-        if self._configured_models:
-            return list(self._configured_models)
-        cached = self._models_cache
-        if cached is not None and time.monotonic() - cached[0] < _MODELS_TTL:
-            return cached[1]
+        return await self._models.get()
+
+    async def _fetch_models(self) -> list[str]:
         try:
             page = await self._client.models.list(timeout=5.0)
         except openai.OpenAIError as exc:
             raise map_openai_error(exc, self.name) from exc
-        names = sorted(m.id for m in page.data)
-        self._models_cache = (time.monotonic(), names)
-        return names
+        return [m.id for m in page.data]
 
     async def aclose(self) -> None:
         await self._client.close()
