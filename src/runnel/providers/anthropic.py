@@ -35,8 +35,8 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, ModelList, Provider, ReplayStream
-from runnel.providers.transport import UpstreamBody, http_client, take_body
-from runnel.providers.wire import drain, rejected_request, retry_after, sse_data
+from runnel.providers.transport import http_client, take_body
+from runnel.providers.wire import BodyStream, drain, rejected_request, retry_after, sse_data
 
 if TYPE_CHECKING:
     from runnel.settings import ProviderConfig, Settings
@@ -198,15 +198,7 @@ def _max_tokens_option(provider: str, options: Mapping[str, Any]) -> int | None:
     return cap
 
 
-class _AnthropicStream:
-    def __init__(self, provider: str, body: UpstreamBody) -> None:
-        self._provider = provider
-        self._body = body
-        self._closed = False
-
-    def __aiter__(self) -> AsyncIterator[Delta]:
-        return self._run()
-
+class _AnthropicStream(BodyStream):
     async def _run(self) -> AsyncIterator[Delta]:
         reason: FinishReason | None = None
         counts: dict[str, int] = {}
@@ -255,12 +247,6 @@ class _AnthropicStream:
         except httpx2.HTTPError as exc:
             raise Interrupted(f"the connection to {self._provider} was lost") from exc
         raise Interrupted(f"{self._provider} ended the stream before finishing")
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        await self._body.aclose()
 
 
 def _count(counts: dict[str, int], usage: Any) -> None:

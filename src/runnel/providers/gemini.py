@@ -62,8 +62,8 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, ModelList, Provider, ReplayStream
-from runnel.providers.transport import UpstreamBody, http_client, take_body
-from runnel.providers.wire import json_object, retry_after, sse_data
+from runnel.providers.transport import http_client, take_body
+from runnel.providers.wire import BodyStream, json_object, retry_after, sse_data
 
 _MISSING_SDK: ImportError | None = None
 try:
@@ -271,15 +271,7 @@ class GeminiProvider(Provider):
         self._sync_http.close()
 
 
-class _GeminiStream:
-    def __init__(self, provider: str, body: UpstreamBody) -> None:
-        self._provider = provider
-        self._body = body
-        self._closed = False
-
-    def __aiter__(self) -> AsyncIterator[Delta]:
-        return self._run()
-
+class _GeminiStream(BodyStream):
     async def _run(self) -> AsyncIterator[Delta]:
         finish: FinishReason | None = None
         usage: Usage | None = None
@@ -327,12 +319,6 @@ class _GeminiStream:
         if "error" in obj and not obj.get("candidates"):
             raise _stream_error(obj["error"], self._provider)
         return obj
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        await self._body.aclose()
 
 
 def _split_messages(

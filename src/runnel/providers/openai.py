@@ -26,8 +26,15 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, ModelList, Provider, ReplayStream
-from runnel.providers.transport import UpstreamBody, http_client, take_body
-from runnel.providers.wire import drain, json_object, rejected_request, retry_after, sse_data
+from runnel.providers.transport import http_client, take_body
+from runnel.providers.wire import (
+    BodyStream,
+    drain,
+    json_object,
+    rejected_request,
+    retry_after,
+    sse_data,
+)
 
 if TYPE_CHECKING:
     from runnel.settings import ProviderConfig, Settings
@@ -140,15 +147,7 @@ class OpenAIProvider(Provider):
         await self._client.close()
 
 
-class _OpenAIStream:
-    def __init__(self, provider: str, body: UpstreamBody) -> None:
-        self._provider = provider
-        self._body = body
-        self._closed = False
-
-    def __aiter__(self) -> AsyncIterator[Delta]:
-        return self._run()
-
+class _OpenAIStream(BodyStream):
     async def _run(self) -> AsyncIterator[Delta]:
         finish: FinishReason | None = None
         usage: Usage | None = None
@@ -191,12 +190,6 @@ class _OpenAIStream:
         if "error" in obj and not obj.get("choices"):
             raise _stream_error(obj["error"], self._provider)
         return obj
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        await self._body.aclose()
 
 
 def _stream_error(error: Any, provider: str) -> RunnelError:

@@ -3,8 +3,9 @@
 The SDKs' typed per-chunk parsing costs more per token than the whole relay budget
 (shared/PERFORMANCE.md), so providers read their streaming response as bytes and hand the
 ``data`` of each SSE event to orjson themselves (``sse_data``, ``json_object``). Also
-shared: ``Retry-After``, reading a finished body to its end (``drain``), and what a
-rejected request (400/413/422) means (``rejected_request``).
+shared: the stream object over an upstream body (``BodyStream``), ``Retry-After``, reading
+a finished body to its end (``drain``), and what a rejected request (400/413/422) means
+(``rejected_request``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import email.utils
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -25,9 +27,35 @@ from runnel.errors import (
     RunnelError,
     StreamingUnsupported,
 )
+from runnel.providers.base import Delta
+from runnel.providers.transport import UpstreamBody
 
 MAX_LINE = 4 * 1024 * 1024
 DRAIN_TIMEOUT = 0.05
+
+
+class BodyStream(ABC):
+    """A provider's stream over an upstream response body: iterating it runs ``_run`` (the
+    provider's reading of its wire format); ``aclose`` closes the body, once, which
+    aborts the upstream request when the body was not read to its end."""
+
+    def __init__(self, provider: str, body: UpstreamBody) -> None:
+        self._provider = provider
+        self._body = body
+        self._closed = False
+
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        return self._run()
+
+    @abstractmethod
+    def _run(self) -> AsyncIterator[Delta]:
+        """The deltas of the body (an async generator)."""
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._body.aclose()
 
 
 async def drain(rest: AsyncIterator[bytes]) -> None:
