@@ -4,6 +4,7 @@ kill or run several of them."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,10 +29,15 @@ def runnel_process(
     data_dir: Path,
     output: list[str] | None = None,
     extra_env: dict[str, str] | None = None,
+    *,
+    workers: int = 1,
+    graceful: bool = False,
     **settings: str,
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Start ``runnel serve`` on a free port with ``RUNNEL_<NAME>`` settings; yields the
-    process and its URL once it is ready; kills it on exit (its output into ``output``)."""
+    """Start ``runnel serve`` (with ``--workers`` when ``workers`` > 1) on a free port with
+    ``RUNNEL_<NAME>`` settings; yields the process and its URL once it is ready; on exit
+    kills it, or with ``graceful`` stops it with SIGTERM and waits (its output into
+    ``output``)."""
     extra_env = extra_env or {}
     port = free_port()
     env = {
@@ -41,8 +47,11 @@ def runnel_process(
         "RUNNEL_LOG_FORMAT": "json",
         **{f"RUNNEL_{k.upper()}": v for k, v in settings.items()},
     }
+    command = [sys.executable, "-m", "runnel", "serve", "--port", str(port)]
+    if workers > 1:
+        command += ["--workers", str(workers)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "runnel", "serve", "--port", str(port)],
+        command,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -67,7 +76,10 @@ def runnel_process(
         yield process, url
     finally:
         if process.poll() is None:
-            process.kill()
+            if graceful:
+                process.send_signal(signal.SIGTERM)
+            else:
+                process.kill()
         process.wait(timeout=30)
         reader.join(timeout=30)
         if output is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import glob
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from runnel.metrics import Metrics
 from tests.conftest import ServeFactory
 from tests.fakes.openai_server import FakeOpenAI, Script
 from tests.helpers import error_of, new_conversation
-from tests.processes import free_port
+from tests.processes import runnel_process
 from tests.sse_client import open_stream, stream
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -336,35 +335,22 @@ def _streams_by_worker(directory: str) -> dict[str, float]:
 
 
 def test_workers_are_counted_together(tmp_path: Path, postgres_url: str, redis_url: str) -> None:
-    port = free_port()
     temp = tmp_path / "tmp"
     temp.mkdir()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "TMPDIR": str(temp),  # where the parent makes the metrics directory
-        "RUNNEL_DATA_DIR": str(tmp_path / "data"),
-        "RUNNEL_DATABASE_URL": postgres_url,
-        "RUNNEL_REDIS_URL": redis_url,
-        "RUNNEL_DEMO_TOKENS_PER_SECOND": "400",
-        "RUNNEL_DEMO_FIRST_TOKEN_DELAY": "0",
-        "RUNNEL_DEMO_REPLY_TOKENS": "20",
-        "RUNNEL_LOG_FORMAT": "json",
-        "RUNNEL_LOG_LEVEL": "WARNING",
-    }
-    command = [sys.executable, "-m", "runnel", "serve", "--port", str(port), "--workers", "2"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx2.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            assert process.poll() is None, process.communicate()[0]
-            assert time.monotonic() < deadline, "the workers did not start"
-            time.sleep(0.1)
+    output: list[str] = []
+    with runnel_process(
+        tmp_path / "data",
+        output,
+        {"TMPDIR": str(temp)},  # where the parent makes the metrics directory
+        workers=2,
+        graceful=True,
+        database_url=postgres_url,
+        redis_url=redis_url,
+        demo_tokens_per_second="400",
+        demo_first_token_delay="0",
+        demo_reply_tokens="20",
+        log_level="WARNING",
+    ) as (process, url):
         (directory,) = glob.glob(str(temp / "runnel-metrics-*"))
 
         # one request per new connection, until both workers have served some
@@ -391,8 +377,5 @@ def test_workers_are_counted_together(tmp_path: Path, postgres_url: str, redis_u
                 value(samples, "runnel_time_to_first_token_seconds_count", provider="demo") == sent
             )
             assert active(samples) == 0
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0]
-    assert process.returncode == 0, output
+    assert process.returncode == 0, "\n".join(output)
     assert not glob.glob(str(temp / "runnel-metrics-*")), "the metrics directory was left"

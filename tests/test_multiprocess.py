@@ -233,49 +233,35 @@ def test_a_redis_restart_mid_stream(
 
 
 def test_workers_share_every_stream(tmp_path: Path, postgres_url: str, redis_url: str) -> None:
-    port = free_port()
+    settings = {
+        "database_url": postgres_url,
+        "redis_url": redis_url,
+        "demo_tokens_per_second": "200",
+    }
+    with (
+        runnel_process(tmp_path, workers=2, graceful=True, **settings) as (_, url),
+        httpx2.Client(base_url=url, timeout=30) as client,
+    ):
+        for _ in range(6):  # new connections land on either worker
+            cid = new_conversation(client)
+            with httpx2.Client(base_url=url, timeout=30) as own:
+                t = stream(
+                    own, "POST", f"/api/v1/conversations/{cid}/messages", json={"content": "hi"}
+                )
+            assert t.terminal.data["finishReason"] == "stop"
+            with httpx2.Client(base_url=url, timeout=30) as elsewhere:
+                again = stream(elsewhere, "GET", f"/api/v1/streams/{t.events[0].data['streamId']}")
+            assert again.text == t.text
+
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "RUNNEL_DATA_DIR": str(tmp_path),
-        "RUNNEL_DATABASE_URL": postgres_url,
+        "RUNNEL_DATABASE_URL": "",
         "RUNNEL_REDIS_URL": redis_url,
-        "RUNNEL_DEMO_TOKENS_PER_SECOND": "200",
-        "RUNNEL_LOG_FORMAT": "json",
     }
-    command = [sys.executable, "-m", "runnel", "serve", "--port", str(port), "--workers", "2"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx2.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            assert process.poll() is None, process.communicate()[0]
-            assert time.monotonic() < deadline, "the workers did not start"
-            time.sleep(0.1)
-        with httpx2.Client(base_url=url, timeout=30) as client:
-            for _ in range(6):  # new connections land on either worker
-                cid = new_conversation(client)
-                with httpx2.Client(base_url=url, timeout=30) as own:
-                    t = stream(
-                        own, "POST", f"/api/v1/conversations/{cid}/messages", json={"content": "hi"}
-                    )
-                assert t.terminal.data["finishReason"] == "stop"
-                with httpx2.Client(base_url=url, timeout=30) as elsewhere:
-                    again = stream(
-                        elsewhere, "GET", f"/api/v1/streams/{t.events[0].data['streamId']}"
-                    )
-                assert again.text == t.text
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
-
     refused = subprocess.run(
         [sys.executable, "-m", "runnel", "serve", "--workers", "2"],
-        env={**env, "RUNNEL_DATABASE_URL": "", "RUNNEL_REDIS_URL": redis_url},
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
