@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +46,11 @@ class RunningServer:
         assert not self.thread.is_alive(), "server did not stop"
 
 
-def start(settings: Settings) -> RunningServer:
+def start(settings: Settings, prepare: Callable[[Any], None] | None = None) -> RunningServer:
+    """``prepare`` gets the app before it serves (to add a middleware, say)."""
     app = create_app(settings)
+    if prepare is not None:
+        prepare(app)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

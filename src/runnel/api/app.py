@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from runnel import __version__, logs
 from runnel.api import conversations, errors, streams, system, webapp
 from runnel.api.auth import Authenticator
 from runnel.api.deps import Services
 from runnel.api.middleware import LocalHostOnlyMiddleware, RequestIdMiddleware
+from runnel.api.streaming import HandOff
 from runnel.broker import Broker
 from runnel.broker.memory import MemoryBroker
 from runnel.broker.redis import RedisBroker
@@ -26,6 +28,13 @@ from runnel.settings import Settings
 from runnel.store.sql import Store
 
 log = logging.getLogger(__name__)
+
+
+class RunnelApp(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        """Starlette's stack (error handling, the middlewares, the router) under
+        ``HandOff``, which sends SSE bodies from outside it."""
+        return HandOff(super().build_middleware_stack())
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -85,7 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
             await store.close()
             metrics.close()
 
-    app = FastAPI(
+    app = RunnelApp(
         title="Runnel",
         version=__version__,
         lifespan=lifespan,

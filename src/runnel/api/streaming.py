@@ -1,5 +1,13 @@
 """The SSE response: one reader following one stream's log from an event id.
 
+The response is started where FastAPI calls it, inside the middleware stack (so the
+middlewares see and decorate ``http.response.start``), then handed to ``HandOff``, the
+app's outermost layer, which sends the body. Everything between — the middlewares' and
+exception handlers' frames, FastAPI's request handling, the endpoint's request and
+dependencies — is released when the stream starts instead of living as long as it, and
+every event goes straight to the server's ``send`` instead of through one wrapper per
+layer. Outside a ``HandOff`` the response sends its body in place.
+
 A small race per response: the reader loop (read the log, send one chunk per flush) and a
 watcher of ``http.disconnect``; whichever ends first ends the other. A send that blocks
 longer than ``send_timeout`` (a reader that stopped reading) ends the response. Heartbeat
@@ -24,6 +32,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+HANDOFF = "runnel.handoff"  # scope key: where an EventStreamResponse leaves itself
+
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -47,7 +57,7 @@ class EventStreamResponse(Response):
     ) -> None:
         self.broker = broker
         self.stream_id = stream_id
-        self.first = first
+        self.first: Batch | None = first
         self.heartbeat = heartbeat
         self.retry_ms = retry_ms
         self.send_timeout = send_timeout
@@ -57,6 +67,14 @@ class EventStreamResponse(Response):
         self._gone = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        slot: list[EventStreamResponse] | None = scope.get(HANDOFF)
+        if slot is not None:
+            slot.append(self)  # HandOff sends the body once the stack has returned
+        else:
+            await self.send_body(receive, send)
+
+    async def send_body(self, receive: Receive, send: Send) -> None:
         reader = asyncio.current_task()
         assert reader is not None
         watcher = asyncio.ensure_future(self._watch(receive, reader))
@@ -71,8 +89,8 @@ class EventStreamResponse(Response):
 
     async def _stream(self, send: Send, reader: asyncio.Task[Any]) -> None:
         loop = asyncio.get_running_loop()
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        first = self.first
+        first, self.first = self.first, None  # its events are sent below: let them go
+        assert first is not None
         chunk = sse.retry(self.retry_ms)
         if first.events:
             chunk += sse.encode(first.events, first.first_id)
@@ -106,3 +124,23 @@ class EventStreamResponse(Response):
         if not self._gone:
             self._gone = True
             reader.cancel()
+
+
+class HandOff:
+    """The app's outermost ASGI layer: sends the body of an ``EventStreamResponse`` that was
+    started deeper in the stack, after the stack returned (see the module docstring). The
+    body gets the server's own ``receive`` and ``send``."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        slot: list[EventStreamResponse] = []
+        # a copy: what the stack leaves in the scope (FastAPI's exit stacks, the route…) is
+        # released with it, not kept by the server's scope for the stream's life
+        await self.app({**scope, HANDOFF: slot}, receive, send)
+        if slot:
+            await slot.pop().send_body(receive, send)
