@@ -36,7 +36,7 @@ from runnel.errors import (
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, ModelList, Provider, ReplayStream
 from runnel.providers.transport import http_client, take_body
-from runnel.providers.wire import BodyStream, drain, rejected_request, retry_after, sse_data
+from runnel.providers.wire import BodyStream, SSEDecoder, drain, rejected_request, retry_after
 
 if TYPE_CHECKING:
     from runnel.settings import ProviderConfig, Settings
@@ -203,45 +203,47 @@ class _AnthropicStream(BodyStream):
         reason: FinishReason | None = None
         counts: dict[str, int] = {}
         try:
-            events = sse_data(self._body.chunks(), self._provider)
-            async for payload in events:
-                try:
-                    event = orjson.loads(payload)
-                    kind = event["type"]
-                    # the hot path first: one event per text delta
-                    if kind == "content_block_delta":
-                        delta = event["delta"]
-                        if delta["type"] == "text_delta":
-                            text = delta["text"]
-                            if not isinstance(text, str):
-                                raise TypeError("text is not a string")
-                            if text:
-                                yield text
-                    elif kind == "message_delta":
-                        stop = event["delta"].get("stop_reason")
-                        if stop is not None:
-                            reason = _STOP.get(stop, "stop")
-                        _count(counts, event.get("usage"))
-                    elif kind == "message_start":
-                        _count(counts, event["message"].get("usage"))
-                    elif kind == "content_block_start":
-                        block = event["content_block"]
-                        if block.get("type") == "text":
-                            # normally empty, but text given here is part of the reply
-                            text = block.get("text") or ""
-                            if not isinstance(text, str):
-                                raise TypeError("text is not a string")
-                            if text:
-                                yield text
-                    elif kind == "message_stop":
-                        await drain(events)
-                        yield Finish(reason or "stop", _usage(counts))
-                        return
-                    elif kind == "error":
-                        raise _stream_error(event.get("error"), self._provider)
-                    # ping, content_block_stop and event types added later: nothing to do
-                except (KeyError, AttributeError, TypeError, ValueError) as exc:
-                    raise ProviderError(f"{self._provider} sent malformed data") from exc
+            read = self._body.read
+            decoder = SSEDecoder(self._provider)
+            while received := await read():
+                for payload in decoder.feed(received):
+                    try:
+                        event = orjson.loads(payload)
+                        kind = event["type"]
+                        # the hot path first: one event per text delta
+                        if kind == "content_block_delta":
+                            delta = event["delta"]
+                            if delta["type"] == "text_delta":
+                                text = delta["text"]
+                                if not isinstance(text, str):
+                                    raise TypeError("text is not a string")
+                                if text:
+                                    yield text
+                        elif kind == "message_delta":
+                            stop = event["delta"].get("stop_reason")
+                            if stop is not None:
+                                reason = _STOP.get(stop, "stop")
+                            _count(counts, event.get("usage"))
+                        elif kind == "message_start":
+                            _count(counts, event["message"].get("usage"))
+                        elif kind == "content_block_start":
+                            block = event["content_block"]
+                            if block.get("type") == "text":
+                                # normally empty, but text given here is part of the reply
+                                text = block.get("text") or ""
+                                if not isinstance(text, str):
+                                    raise TypeError("text is not a string")
+                                if text:
+                                    yield text
+                        elif kind == "message_stop":
+                            await drain(read)
+                            yield Finish(reason or "stop", _usage(counts))
+                            return
+                        elif kind == "error":
+                            raise _stream_error(event.get("error"), self._provider)
+                        # ping, content_block_stop and event types added later: nothing to do
+                    except (KeyError, AttributeError, TypeError, ValueError) as exc:
+                        raise ProviderError(f"{self._provider} sent malformed data") from exc
         except httpx2.TimeoutException as exc:
             raise StreamTimeout(f"{self._provider} stopped sending") from exc
         except httpx2.HTTPError as exc:

@@ -63,7 +63,7 @@ from runnel.errors import (
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, ModelList, Provider, ReplayStream
 from runnel.providers.transport import http_client, take_body
-from runnel.providers.wire import BodyStream, json_object, retry_after, sse_data
+from runnel.providers.wire import BodyStream, SSEDecoder, json_object, retry_after
 
 _MISSING_SDK: ImportError | None = None
 try:
@@ -276,33 +276,36 @@ class _GeminiStream(BodyStream):
         finish: FinishReason | None = None
         usage: Usage | None = None
         try:
-            async for payload in sse_data(self._body.chunks(), self._provider):
-                chunk = self._parse(payload)
-                try:
-                    candidates = chunk.get("candidates")
-                    if not candidates:
-                        _check_prompt_feedback(chunk, self._provider)
-                    else:
-                        candidate = candidates[0]
-                        for part in (candidate.get("content") or {}).get("parts") or ():
-                            text = part.get("text")
-                            if text and not part.get("thought"):
-                                if not isinstance(text, str):
-                                    raise TypeError("text is not a string")
-                                yield text
-                        reason = candidate.get("finishReason")
-                        if reason:
-                            finish = _FINISH.get(reason, "stop")
-                    meta = chunk.get("usageMetadata")
-                    if meta:
-                        usage = Usage(
-                            int(meta.get("promptTokenCount") or 0),
-                            int(meta.get("candidatesTokenCount") or 0),
-                        )
-                except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
-                    raise ProviderError(
-                        f"{self._provider} sent malformed data", provider=self._provider
-                    ) from exc
+            read = self._body.read
+            decoder = SSEDecoder(self._provider)
+            while received := await read():
+                for payload in decoder.feed(received):
+                    chunk = self._parse(payload)
+                    try:
+                        candidates = chunk.get("candidates")
+                        if not candidates:
+                            _check_prompt_feedback(chunk, self._provider)
+                        else:
+                            candidate = candidates[0]
+                            for part in (candidate.get("content") or {}).get("parts") or ():
+                                text = part.get("text")
+                                if text and not part.get("thought"):
+                                    if not isinstance(text, str):
+                                        raise TypeError("text is not a string")
+                                    yield text
+                            reason = candidate.get("finishReason")
+                            if reason:
+                                finish = _FINISH.get(reason, "stop")
+                        meta = chunk.get("usageMetadata")
+                        if meta:
+                            usage = Usage(
+                                int(meta.get("promptTokenCount") or 0),
+                                int(meta.get("candidatesTokenCount") or 0),
+                            )
+                    except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
+                        raise ProviderError(
+                            f"{self._provider} sent malformed data", provider=self._provider
+                        ) from exc
         except httpx2.TimeoutException as exc:
             if finish is None:
                 raise StreamTimeout(f"{self._provider} stopped sending") from exc

@@ -29,11 +29,11 @@ from runnel.providers.base import ChatMessage, Delta, Finish, ModelList, Provide
 from runnel.providers.transport import http_client, take_body
 from runnel.providers.wire import (
     BodyStream,
+    SSEDecoder,
     drain,
     json_object,
     rejected_request,
     retry_after,
-    sse_data,
 )
 
 if TYPE_CHECKING:
@@ -152,31 +152,33 @@ class _OpenAIStream(BodyStream):
         finish: FinishReason | None = None
         usage: Usage | None = None
         try:
-            events = sse_data(self._body.chunks(), self._provider)
-            async for payload in events:
-                if payload == b"[DONE]":
-                    await drain(events)
-                    yield Finish(finish or "stop", usage)
-                    return
-                chunk = self._parse(payload)
-                try:
-                    for choice in chunk.get("choices") or ():
-                        content = (choice.get("delta") or {}).get("content")
-                        if content:
-                            if not isinstance(content, str):
-                                raise TypeError("content is not text")
-                            yield content
-                        reason = choice.get("finish_reason")
-                        if reason:
-                            finish = _FINISH.get(reason, "stop")
-                    raw_usage = chunk.get("usage")
-                    if raw_usage:
-                        usage = Usage(
-                            int(raw_usage.get("prompt_tokens") or 0),
-                            int(raw_usage.get("completion_tokens") or 0),
-                        )
-                except (AttributeError, TypeError, ValueError) as exc:
-                    raise ProviderError(f"{self._provider} sent malformed data") from exc
+            read = self._body.read
+            decoder = SSEDecoder(self._provider)
+            while received := await read():
+                for payload in decoder.feed(received):
+                    if payload == b"[DONE]":
+                        await drain(read)
+                        yield Finish(finish or "stop", usage)
+                        return
+                    chunk = self._parse(payload)
+                    try:
+                        for choice in chunk.get("choices") or ():
+                            content = (choice.get("delta") or {}).get("content")
+                            if content:
+                                if not isinstance(content, str):
+                                    raise TypeError("content is not text")
+                                yield content
+                            reason = choice.get("finish_reason")
+                            if reason:
+                                finish = _FINISH.get(reason, "stop")
+                        raw_usage = chunk.get("usage")
+                        if raw_usage:
+                            usage = Usage(
+                                int(raw_usage.get("prompt_tokens") or 0),
+                                int(raw_usage.get("completion_tokens") or 0),
+                            )
+                    except (AttributeError, TypeError, ValueError) as exc:
+                        raise ProviderError(f"{self._provider} sent malformed data") from exc
         except httpx2.TimeoutException as exc:
             raise StreamTimeout(f"{self._provider} stopped sending") from exc
         except httpx2.HTTPError as exc:

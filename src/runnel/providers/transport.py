@@ -111,20 +111,24 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
 class _ResponseStream(httpx2.AsyncByteStream):
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
+        self._content = response.content
+
+    async def read(self) -> bytes:
+        """The next bytes of the body as they arrive; ``b""`` at its end."""
+        try:
+            return await self._content.readany()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            # aiohttp raises a dropped connection before handing out the bytes that arrived
+            # just ahead of it; they are the reply's last tokens, so deliver them first
+            # (the next read raises again: the reader keeps its exception)
+            if rest := _buffered(self._content):
+                return rest
+            raise _as_httpx2(exc, connecting=False) from exc
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        content = self._response.content
-        with _mapped(connecting=False):
-            try:
-                while chunk := await content.readany():
-                    yield chunk
-            except (aiohttp.ClientError, OSError):
-                # aiohttp raises a dropped connection before handing out the bytes that
-                # arrived just ahead of it; they are the reply's last tokens, so deliver
-                # them first (a private reader, looked up defensively)
-                if rest := _buffered(content):
-                    yield rest
-                raise
+        read = self.read
+        while chunk := await read():
+            yield chunk
 
     async def aclose(self) -> None:
         response = self._response
@@ -135,6 +139,8 @@ class _ResponseStream(httpx2.AsyncByteStream):
 
 
 def _buffered(content: aiohttp.StreamReader) -> bytes:
+    """What the reader holds but has not handed out (a private method, looked up
+    defensively)."""
     read = getattr(content, "_read_nowait", None)
     if read is None:
         return b""
@@ -152,22 +158,26 @@ def _mapped(*, connecting: bool) -> Iterator[None]:
         yield
     except httpx2.HTTPError:
         raise
-    except aiohttp.ClientConnectorError as exc:
-        raise httpx2.ConnectError(str(exc)) from exc
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise httpx2.ConnectTimeout(str(exc)) from exc
-    except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise _as_httpx2(exc, connecting=connecting) from exc
+
+
+def _as_httpx2(exc: BaseException, *, connecting: bool) -> httpx2.HTTPError:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx2.ConnectError(str(exc))
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx2.ConnectTimeout(str(exc))
+    if isinstance(exc, TimeoutError | aiohttp.SocketTimeoutError):
         if connecting:
-            raise httpx2.ReadTimeout("no response headers in time") from exc
-        raise httpx2.ReadTimeout("the server stopped sending") from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise httpx2.RemoteProtocolError(str(exc)) from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        raise httpx2.RemoteProtocolError(str(exc) or "server disconnected") from exc
-    except aiohttp.ClientResponseError as exc:
-        raise httpx2.RemoteProtocolError(str(exc)) from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise httpx2.ReadError(str(exc) or type(exc).__name__) from exc
+            return httpx2.ReadTimeout("no response headers in time")
+        return httpx2.ReadTimeout("the server stopped sending")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return httpx2.RemoteProtocolError(str(exc))
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return httpx2.RemoteProtocolError(str(exc) or "server disconnected")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return httpx2.RemoteProtocolError(str(exc))
+    return httpx2.ReadError(str(exc) or type(exc).__name__)
 
 
 def http_client(timeout: httpx2.Timeout | float, **kwargs: Any) -> httpx2.AsyncClient:
@@ -178,19 +188,17 @@ def http_client(timeout: httpx2.Timeout | float, **kwargs: Any) -> httpx2.AsyncC
 
 
 class UpstreamBody:
-    """A streaming response's body, and how to close it (which aborts the upstream request
-    when the body was not read to its end)."""
+    """A streaming response's body: ``read()`` returns the next bytes as they arrive (``b""``
+    at its end); ``aclose()`` closes the response, which aborts the upstream request when
+    the body was not read to its end."""
 
-    __slots__ = ("_chunks", "_close")
+    __slots__ = ("_close", "read")
 
     def __init__(
-        self, chunks: AsyncIterator[bytes], close: Callable[[], Awaitable[object]]
+        self, read: Callable[[], Awaitable[bytes]], close: Callable[[], Awaitable[object]]
     ) -> None:
-        self._chunks = chunks
+        self.read = read
         self._close = close
-
-    def chunks(self) -> AsyncIterator[bytes]:
-        return self._chunks
 
     async def aclose(self) -> None:
         await self._close()
@@ -199,12 +207,21 @@ class UpstreamBody:
 def take_body(response: httpx2.Response, close: Callable[[], Awaitable[object]]) -> UpstreamBody:
     """The body of a streaming response as it arrives; ``close`` closes the response.
 
-    From ``AiohttpTransport`` with no content encoding, the body is aiohttp's alone: read
-    without httpx2's three generator layers (a few µs per chunk), and held without the
-    httpx2 request and response, the SDK's wrapper and the request's own body — the whole
-    prompt — which a stream would otherwise keep alive for its whole life. Otherwise it is
-    ``aiter_bytes()``, closed by ``close``."""
+    From ``AiohttpTransport`` with no content encoding, the body is aiohttp's alone: each
+    read is one await of aiohttp's stream reader (no generator layers between it and the
+    provider), and the stream holds neither the httpx2 request and response, nor the SDK's
+    wrapper, nor the request's own body — the whole prompt — which it would otherwise keep
+    alive for its whole life. Otherwise the reads come from ``aiter_bytes()`` and ``close``
+    closes the response."""
     body = response.extensions.get(_BODY)
     if isinstance(body, _ResponseStream) and "content-encoding" not in response.headers:
-        return UpstreamBody(body.__aiter__(), body.aclose)
-    return UpstreamBody(response.aiter_bytes(), close)
+        return UpstreamBody(body.read, body.aclose)
+    chunks = response.aiter_bytes()
+
+    async def read() -> bytes:
+        async for chunk in chunks:
+            if chunk:
+                return chunk
+        return b""
+
+    return UpstreamBody(read, close)

@@ -2,7 +2,7 @@
 
 The SDKs' typed per-chunk parsing costs more per token than the whole relay budget
 (shared/PERFORMANCE.md), so providers read their streaming response as bytes and hand the
-``data`` of each SSE event to orjson themselves (``sse_data``, ``json_object``). Also
+``data`` of each SSE event to orjson themselves (``SSEDecoder``, ``json_object``). Also
 shared: the stream object over an upstream body (``BodyStream``), ``Retry-After``, reading
 a finished body to its end (``drain``), and what a rejected request (400/413/422) means
 (``rejected_request``).
@@ -15,7 +15,7 @@ import contextlib
 import email.utils
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx2
@@ -31,6 +31,7 @@ from runnel.providers.base import Delta
 from runnel.providers.transport import UpstreamBody
 
 MAX_LINE = 4 * 1024 * 1024
+_BOM = b"\xef\xbb\xbf"
 DRAIN_TIMEOUT = 0.05
 
 
@@ -58,43 +59,61 @@ class BodyStream(ABC):
         await self._body.aclose()
 
 
-async def drain(rest: AsyncIterator[bytes]) -> None:
+async def drain(read: Callable[[], Awaitable[bytes]]) -> None:
     """Read what is left of a response after its last event (normally just the end of
     the chunked body, already received), for at most ``DRAIN_TIMEOUT`` s. A body read to
     its end lets the HTTP client keep the connection for the next request; one closed
     early costs that request a new TCP (and TLS) handshake before its first token."""
     with contextlib.suppress(TimeoutError, httpx2.HTTPError, RunnelError):
         async with asyncio.timeout(DRAIN_TIMEOUT):
-            async for _ in rest:
+            while await read():
                 pass
 
 
-async def sse_data(chunks: AsyncIterator[bytes], provider: str) -> AsyncIterator[bytes]:
-    """The ``data`` of each SSE event in a byte stream (any of CRLF, LF, CR line ends; a
-    leading BOM dropped; ``event:`` and comment lines ignored; lines longer than
-    ``MAX_LINE`` refused)."""
-    data: list[bytes] = []
-    buffer = b""
-    first = True
-    async for chunk in chunks:
-        if first:
-            chunk = chunk.removeprefix(b"\xef\xbb\xbf")
-            first = False
-        buffer += chunk
+class SSEDecoder:
+    """The ``data`` of each SSE event in a byte stream fed to it piece by piece (any of
+    CRLF, LF, CR line ends; a leading BOM dropped; ``event:`` and comment lines ignored;
+    lines longer than ``MAX_LINE`` refused). Synchronous, so the token path awaits only the
+    socket: ``for payload in decoder.feed(await body.read())``."""
+
+    __slots__ = ("_after_cr", "_buffer", "_data", "_first", "_provider")
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+        self._buffer = b""
+        self._data: list[bytes] = []
+        self._first = True
+        self._after_cr = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The events completed by ``chunk``, in order."""
+        buffer = self._buffer + chunk if self._buffer else chunk
+        if self._first:
+            if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
+                self._buffer = buffer  # perhaps a BOM cut short
+                return []
+            buffer = buffer.removeprefix(_BOM)
+            self._first = False
+        if self._after_cr and buffer.startswith(b"\n"):
+            buffer = buffer[1:]  # the LF of a CRLF whose CR ended the previous piece
+        # a CR ends its line at once (a stream ending in CR alone must not wait for more);
+        # a LF right after it, in the next piece, is then dropped above
+        self._after_cr = buffer.endswith(b"\r")
         if b"\r" in buffer:
-            # keep a trailing CR: it may be the first half of a CRLF split across reads
-            head, tail = (buffer[:-1], b"\r") if buffer.endswith(b"\r") else (buffer, b"")
-            buffer = head.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if len(buffer) > MAX_LINE and b"\n" not in buffer:
-            raise ProviderError(f"{provider} sent an oversized line")
-        *lines, buffer = buffer.split(b"\n")
+            raise ProviderError(f"{self._provider} sent an oversized line")
+        *lines, self._buffer = buffer.split(b"\n")
+        events: list[bytes] = []
+        data = self._data
         for line in lines:
             if line.startswith(b"data:"):
                 value = line[5:]
                 data.append(value[1:] if value.startswith(b" ") else value)
             elif not line and data:
-                yield b"\n".join(data)
+                events.append(b"\n".join(data))
                 data.clear()
+        return events
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
