@@ -188,3 +188,63 @@ def test_redis_cancel_requests_wait_for_a_listener_that_missed_them(redis_url: s
             await broker.aclose()
 
     asyncio.run(main())
+
+
+def test_memory_tokens_are_pushed_to_a_waiting_reader_until_it_refuses() -> None:
+    """The in-process log hands tokens to a waiting reader's ``push`` without waking it;
+    a refused token, or any other event, wakes it, and its batch starts after the tokens
+    it took."""
+    broker = MemoryBroker(60.0)
+    pushed: list[tuple[int, str]] = []
+    accept = True
+
+    def push(text: str, event_id: int) -> bool:
+        if accept:
+            pushed.append((event_id, text))
+        return accept
+
+    async def main() -> None:
+        nonlocal accept
+        m = meta()
+        await broker.create(m)
+        broker.append(m.stream_id, Status(m.stream_id, "c_1", "m_1", "demo/markdown"))
+        reader = asyncio.ensure_future(broker.read(m.stream_id, 1, timeout=5, push=push))
+        await asyncio.sleep(0)  # the reader waits now
+        broker.append(m.stream_id, "a")
+        broker.append(m.stream_id, "b")
+        await asyncio.sleep(0.01)
+        assert not reader.done(), "a pushed token must not wake the reader"
+        accept = False
+        broker.append(m.stream_id, "c")  # refused: wakes the reader with it
+        batch = await reader
+        assert batch == Batch(4, ["c"], False)
+
+        # a terminal event is never pushed
+        accept = True
+        reader = asyncio.ensure_future(broker.read(m.stream_id, 4, timeout=5, push=push))
+        await asyncio.sleep(0)
+        broker.append(m.stream_id, "d")
+        broker.append(m.stream_id, COMPLETE)
+        batch = await reader
+        assert batch == Batch(6, [COMPLETE], True)
+        # a reader that is behind is not pushed to: it reads what it missed
+        assert await broker.read(m.stream_id, 2, timeout=5, push=push) == Batch(
+            3, ["b", "c", "d", COMPLETE], True
+        )
+
+    asyncio.run(main())
+    assert pushed == [(2, "a"), (3, "b"), (5, "d")]
+
+
+def test_memory_a_reader_without_push_is_woken_for_every_token() -> None:
+    broker = MemoryBroker(60.0)
+
+    async def main() -> None:
+        m = meta()
+        await broker.create(m)
+        reader = asyncio.ensure_future(broker.read(m.stream_id, 0, timeout=5))
+        await asyncio.sleep(0)
+        broker.append(m.stream_id, "a")
+        assert await reader == Batch(1, ["a"], False)
+
+    asyncio.run(main())

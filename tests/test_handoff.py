@@ -1,6 +1,7 @@
 """SSE bodies are sent from the app's outermost layer (``api.streaming.HandOff``): the
 middleware stack, FastAPI's request handling and the endpoint are released once the
-response has started, and the response still works where no ``HandOff`` is around it."""
+response has started, tokens are written straight to uvicorn's connection from the
+generation's task, and the response still works where neither is possible."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from runnel.api.streaming import EventStreamResponse, Receive, Scope, Send
+from runnel.api.streaming import EventStreamResponse, Message, Receive, Scope, Send, direct_writer
 from runnel.broker import StreamMeta
 from runnel.broker.memory import MemoryBroker
 from runnel.events import Complete
@@ -117,3 +119,44 @@ def test_without_a_handoff_the_response_sends_its_body_itself() -> None:
     assert t.text == "Hello world"
     assert t.terminal.type == "complete"
     assert t.ids == [2, 3]  # the two tokens merged into one event carrying the last id
+
+
+def test_tokens_are_written_straight_to_the_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pushed: list[int] = []
+    original = EventStreamResponse._push
+
+    def counting_push(self: EventStreamResponse, text: str, event_id: int) -> bool:
+        taken = original(self, text, event_id)
+        if taken:
+            pushed.append(event_id)
+        return taken
+
+    monkeypatch.setattr(EventStreamResponse, "_push", counting_push)
+    settings = Settings(
+        **{**TEST_SETTINGS, "demo_tokens_per_second": 100.0, "demo_reply_tokens": 20},
+        data_dir=tmp_path,
+    )
+    server = start(settings)
+    try:
+        with httpx2.Client(base_url=server.url, timeout=30) as client:
+            t = stream(client, "POST", "/api/v1/messages", json={"message": "hi"})
+            whole = client.post("/api/v1/messages", json={"message": "hi"}).json()
+    finally:
+        server.stop()
+    assert t.terminal.data["finishReason"] == "stop"
+    assert t.text == whole["content"]
+    ids = [e.id for e in t.events]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    # paced tokens reach a waiting reader one at a time: most of them by a push
+    assert len(pushed) >= 10
+    assert set(pushed) <= set(ids)
+
+
+def test_a_direct_writer_only_for_uvicorns_httptools_connection() -> None:
+    async def plain_send(message: Message) -> None:
+        return None
+
+    assert direct_writer(plain_send) is None

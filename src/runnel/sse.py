@@ -23,6 +23,11 @@ def retry(milliseconds: int) -> bytes:
     return b"retry: %d\n\n" % milliseconds
 
 
+def token(text: str, event_id: int) -> bytes:
+    """One ``token`` event."""
+    return _TOKEN % (event_id, orjson.dumps(text))
+
+
 def encode(events: Sequence[Event], first_id: int) -> bytes:
     """Encode ``events`` whose first has id ``first_id``, merging runs of tokens."""
     out: list[bytes] = []

@@ -4,6 +4,6 @@
 Redis Streams so that any process can serve any stream.
 """
 
-from runnel.broker.base import Batch, Broker, StreamMeta
+from runnel.broker.base import Batch, Broker, Push, StreamMeta
 
-__all__ = ["Batch", "Broker", "StreamMeta"]
+__all__ = ["Batch", "Broker", "Push", "StreamMeta"]

@@ -7,7 +7,7 @@ a server batches the writes). Readers call ``read`` in a loop at their own pace.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +33,11 @@ class Batch:
     finished: bool
 
 
+Push = Callable[[str, int], bool]
+"""Offered each token (its text and id) appended while a reader waits in ``read``; True
+when the reader took it (wrote it out) and goes on waiting."""
+
+
 class Broker(Protocol):
     async def create(self, meta: StreamMeta) -> None:
         """Start the log of a new stream."""
@@ -45,10 +50,20 @@ class Broker(Protocol):
         """The stream's metadata, or None when it is unknown or expired."""
 
     async def read(
-        self, stream_id: str, after: int, timeout: float, limit: int = 512
+        self,
+        stream_id: str,
+        after: int,
+        timeout: float,
+        limit: int = 512,
+        push: Push | None = None,
     ) -> Batch | None:
         """Up to ``limit`` events with id > ``after``, waiting up to ``timeout`` s for one
-        (an empty batch then). None when the stream is unknown or expired."""
+        (an empty batch then). None when the stream is unknown or expired.
+
+        With ``push``, a broker may hand the tokens appended while the reader waits to
+        ``push`` instead of returning them (the in-process broker does, to readers in the
+        generating process): each one ``push`` takes moves the reader on, and the batch
+        returned starts after the last of them (``first_id`` says where)."""
 
     async def discard(self, stream_id: str) -> None:
         """Forget a stream that never started."""

@@ -12,8 +12,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from runnel.broker.base import Batch, StreamMeta
+from runnel.broker.base import Batch, Push, StreamMeta
 from runnel.events import TERMINAL, Event
+
+
+class _Waiter:
+    """A reader waiting in ``StreamLog.read``: woken by ``future``, or handed tokens by
+    ``push`` while it has everything up to ``after``."""
+
+    __slots__ = ("after", "future", "push")
+
+    def __init__(self, after: int, future: asyncio.Future[None], push: Push | None) -> None:
+        self.after = after
+        self.future = future
+        self.push = push
 
 
 class StreamLog:
@@ -23,39 +35,58 @@ class StreamLog:
         self.meta = meta
         self.events: list[Event] = []
         self.finished = False
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[_Waiter] = []
 
     def append(self, event: Event) -> int:
+        """Append ``event``; returns its id. A waiting reader with a ``push`` is handed a
+        token right here, in the writer's task (no wake-up of the reader's); any other
+        waiting reader, or one whose push refuses, is woken."""
         if self.finished:
             raise RuntimeError("append after the terminal event")
         self.events.append(event)
+        event_id = len(self.events)
         if isinstance(event, TERMINAL):
             self.finished = True
-        waiters = self._waiters
-        if waiters:
-            self._waiters = []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-        return len(self.events)
+        if self._waiters:
+            token = type(event) is str
+            kept: list[_Waiter] = []
+            for waiter in self._waiters:
+                if waiter.future.done():
+                    continue
+                if (
+                    token
+                    and waiter.push is not None
+                    and waiter.after == event_id - 1
+                    and waiter.push(event, event_id)  # type: ignore[arg-type]
+                ):
+                    waiter.after = event_id
+                    kept.append(waiter)
+                else:
+                    waiter.future.set_result(None)
+            self._waiters = kept
+        return event_id
 
-    async def read(self, after: int, timeout: float, limit: int = 512) -> Sequence[Event]:
-        """Up to ``limit`` events with id > ``after``; waits up to ``timeout`` s for one
-        (then returns [])."""
+    async def read(
+        self, after: int, timeout: float, limit: int = 512, push: Push | None = None
+    ) -> tuple[int, Sequence[Event]]:
+        """Up to ``limit`` events with id > ``after``, waiting up to ``timeout`` s for one
+        (then none); with ``push``, tokens appended meanwhile may be pushed instead.
+        Returns the id after which the events returned start, and the events."""
         events = self.events
         if len(events) > after or self.finished:
-            return events[after : after + limit]
+            return after, events[after : after + limit]
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
+        waiter = _Waiter(after, loop.create_future(), push)
         self._waiters.append(waiter)
-        timer = loop.call_later(timeout, _wake, waiter)
+        timer = loop.call_later(timeout, _wake, waiter.future)
         try:
-            await waiter
+            await waiter.future
         finally:
             timer.cancel()
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
-        return self.events[after : after + limit]
+        after = waiter.after
+        return after, self.events[after : after + limit]
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -83,12 +114,17 @@ class MemoryBroker:
         return log.meta if log is not None else None
 
     async def read(
-        self, stream_id: str, after: int, timeout: float, limit: int = 512
+        self,
+        stream_id: str,
+        after: int,
+        timeout: float,
+        limit: int = 512,
+        push: Push | None = None,
     ) -> Batch | None:
         log = self._logs.get(stream_id)
         if log is None:
             return None
-        events = await log.read(after, timeout, limit)
+        after, events = await log.read(after, timeout, limit, push)
         first = after + 1
         return Batch(first, events, log.finished and first + len(events) > len(log.events))
 

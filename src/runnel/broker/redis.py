@@ -28,7 +28,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runnel.broker.base import Batch, StreamMeta
+from runnel.broker.base import Batch, Push, StreamMeta
 from runnel.errors import Overloaded
 from runnel.events import TERMINAL, Error, Event, from_wire, to_wire
 
@@ -194,8 +194,14 @@ class RedisBroker:
         )
 
     async def read(
-        self, stream_id: str, after: int, timeout: float, limit: int = 512
+        self,
+        stream_id: str,
+        after: int,
+        timeout: float,
+        limit: int = 512,
+        push: Push | None = None,
     ) -> Batch | None:
+        """``push`` is not used: every reader reads the stream from Redis."""
         try:
             return await self._read(stream_id, after, timeout, limit)
         except (RedisError, OSError) as exc:
