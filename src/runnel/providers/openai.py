@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 import openai
+from openai.types.chat import ChatCompletion
 
 from runnel.errors import (
     Interrupted,
@@ -93,28 +94,35 @@ class OpenAIProvider(Provider):
         wire_messages: list[Any] = list(messages)
         if not stream:
             return await self._complete(model, wire_messages)
-        context = self._client.chat.completions.with_streaming_response.create(
-            model=model,
-            messages=wire_messages,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
+        # The SDK's own POST (request building, auth, error classes), not its typed
+        # ``chat.completions.create``: that one first walks the parameters against their
+        # TypedDicts, ~120 µs per message of the conversation — 6 ms before the request is
+        # sent for a 50-message chat — to change nothing in plain text messages.
         try:
-            response = await context.__aenter__()
+            response = await self._client.post(
+                "/chat/completions",
+                body={
+                    "model": model,
+                    "messages": wire_messages,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                },
+                cast_to=httpx2.Response,  # the SDK returns the response, its body unread
+                stream=True,
+            )
         except openai.OpenAIError as exc:
             raise map_openai_error(exc, self.name) from exc
         except (httpx2.HTTPError, UnicodeError, ValueError) as exc:
             # the request could not even be built or sent (e.g. a key that is not ASCII)
             raise ProviderError(f"could not send the request to {self.name}") from exc
-        return _OpenAIStream(
-            self.name,
-            take_body(response.http_response, lambda: context.__aexit__(None, None, None)),
-        )
+        return _OpenAIStream(self.name, take_body(response, response.aclose))
 
     async def _complete(self, model: str, messages: list[Any]) -> ReplayStream:
         try:
-            completion = await self._client.chat.completions.create(
-                model=model, messages=messages, stream=False
+            completion = await self._client.post(
+                "/chat/completions",
+                body={"model": model, "messages": messages, "stream": False},
+                cast_to=ChatCompletion,
             )
         except openai.OpenAIError as exc:
             raise map_openai_error(exc, self.name) from exc
