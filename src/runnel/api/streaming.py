@@ -97,12 +97,11 @@ class EventStreamResponse(Response):
 
     async def _stream(self, send: Send, reader: asyncio.Task[Any]) -> None:
         loop = asyncio.get_running_loop()
-        first, self.first = self.first, None  # its events are sent below: let them go
-        assert first is not None
+        batch, self.first = self.first, None  # held only until sent, like every batch
+        assert batch is not None
         chunk = sse.retry(self.retry_ms)
-        if first.events:
-            chunk += sse.encode(first.events, first.first_id)
-        batch: Batch | None = first
+        if batch.events:
+            chunk += sse.encode(batch.events, batch.first_id)
         push = self._push if self._write is not None else None
         while True:
             timer = loop.call_later(self.send_timeout, self._give_up, reader)
