@@ -204,6 +204,17 @@ def test_an_upstream_error_keeps_the_partial_text_and_retry_works(
     assert stored_reply(server, cid)["content"] == "A complete answer."
 
 
+def settled_scroll_top(page: Page, element: Locator) -> float:
+    """``scrollTop`` once it stopped moving (unchanged over three reads 100 ms apart)."""
+    seen = [element.evaluate("(m) => m.scrollTop")]
+    for _ in range(50):
+        page.wait_for_timeout(100)
+        seen.append(element.evaluate("(m) => m.scrollTop"))
+        if len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]:
+            return float(seen[-1])
+    raise AssertionError(f"the view kept scrolling: {seen[-5:]}")
+
+
 def test_auto_scroll_yields_when_the_reader_scrolls_up(serve: ServeFactory, page: Page) -> None:
     server = slow_demo(serve, demo_tokens_per_second=80.0, demo_reply_tokens=900)
     page.goto(server.url)
@@ -219,7 +230,7 @@ def test_auto_scroll_yields_when_the_reader_scrolls_up(serve: ServeFactory, page
     messages.hover()
     page.mouse.wheel(0, -600)
     expect(page.get_by_test_id("jump-to-latest")).to_be_visible()
-    held = messages.evaluate("(m) => m.scrollTop")
+    held = settled_scroll_top(page, messages)  # Chromium animates a wheel scroll
     page.wait_for_timeout(800)
     assert messages.evaluate("(m) => m.scrollTop") == held
     assert not messages.evaluate(at_bottom)
