@@ -342,10 +342,15 @@ def test_malformed_events_are_a_provider_error(fake: FakeAnthropic, garbage: byt
     assert caught.value.message == "anthropic sent malformed data"
 
 
-def test_a_stream_without_message_stop_is_interrupted(fake: FakeAnthropic) -> None:
-    fake.script("claude-test", Script(tokens=["a"], done=False))
-    with pytest.raises(Interrupted):
-        asyncio.run(read_once(fake, "claude-test"))
+def test_a_stream_ending_without_its_stop_reason_is_interrupted(fake: FakeAnthropic) -> None:
+    # the stop reason came (message_delta) but message_stop did not: the reply is whole,
+    # as an OpenAI-compatible stream with a finish reason and no [DONE]
+    fake.script(
+        "claude-test",
+        Script(tokens=["a"], done=False, usage={"input_tokens": 2, "output_tokens": 1}),
+    )
+    assert asyncio.run(read_once(fake, "claude-test")) == ["a", Finish("stop", Usage(2, 1))]
+    # cut before the stop reason
     fake.script("claude-test", Script(tokens=["a", "b"], drop_after=1))
     with pytest.raises(Interrupted):
         asyncio.run(read_once(fake, "claude-test"))

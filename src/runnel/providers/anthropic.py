@@ -248,7 +248,11 @@ class _AnthropicStream(BodyStream):
             raise StreamTimeout(f"{self._provider} stopped sending") from exc
         except httpx2.HTTPError as exc:
             raise Interrupted(f"the connection to {self._provider} was lost") from exc
-        raise Interrupted(f"{self._provider} ended the stream before finishing")
+        if reason is None:
+            raise Interrupted(f"{self._provider} ended the stream before finishing")
+        # the stop reason came (message_delta) but not message_stop: the reply is whole,
+        # as when an OpenAI-compatible server sends its finish reason but no [DONE]
+        yield Finish(reason, _usage(counts))
 
 
 def _count(counts: dict[str, int], usage: Any) -> None:
