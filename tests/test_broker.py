@@ -190,50 +190,87 @@ def test_redis_cancel_requests_wait_for_a_listener_that_missed_them(redis_url: s
     asyncio.run(main())
 
 
-def test_memory_tokens_are_pushed_to_a_waiting_reader_until_it_refuses() -> None:
-    """The in-process log hands tokens to a waiting reader's ``push`` without waking it;
-    a refused token, or any other event, wakes it, and its batch starts after the tokens
-    it took."""
-    broker = MemoryBroker(60.0)
-    pushed: list[tuple[int, str]] = []
-    accept = True
+class Pusher:
+    """A reader's ``push``: takes tokens while ``accept``, and records them."""
 
-    def push(text: str, event_id: int) -> bool:
-        if accept:
-            pushed.append((event_id, text))
-        return accept
+    def __init__(self) -> None:
+        self.accept = True
+        self.taken: list[tuple[int, str]] = []
 
-    async def main() -> None:
-        nonlocal accept
+    def __call__(self, text: str, event_id: int) -> bool:
+        if self.accept:
+            self.taken.append((event_id, text))
+        return self.accept
+
+    async def until_taken(self, count: int) -> None:
+        async with asyncio.timeout(5):
+            while len(self.taken) < count:
+                await asyncio.sleep(0.01)
+
+
+@KINDS
+def test_tokens_are_pushed_to_a_waiting_reader_until_it_refuses(kind: str) -> None:
+    """A reader waiting in the generating process is handed tokens by ``push`` (with Redis,
+    once they are written there) without waking; a refused token, or any other event,
+    wakes it, and its batch starts after the tokens it took."""
+    pusher = Pusher()
+
+    async def body(broker: Broker) -> None:
         m = meta()
         await broker.create(m)
         broker.append(m.stream_id, Status(m.stream_id, "c_1", "m_1", "demo/markdown"))
-        reader = asyncio.ensure_future(broker.read(m.stream_id, 1, timeout=5, push=push))
-        await asyncio.sleep(0)  # the reader waits now
+        assert (await broker.read(m.stream_id, 0, timeout=2)) == Batch(
+            1, [Status(m.stream_id, "c_1", "m_1", "demo/markdown")], False
+        )
+        await asyncio.sleep(0.1)  # Redis: the writer has recorded the status as written
+        reader = asyncio.ensure_future(broker.read(m.stream_id, 1, timeout=5, push=pusher))
+        await asyncio.sleep(0.01)  # the reader waits now
         broker.append(m.stream_id, "a")
         broker.append(m.stream_id, "b")
-        await asyncio.sleep(0.01)
+        await pusher.until_taken(2)
+        await asyncio.sleep(0.05)
         assert not reader.done(), "a pushed token must not wake the reader"
-        accept = False
-        broker.append(m.stream_id, "c")  # refused: wakes the reader with it
-        batch = await reader
-        assert batch == Batch(4, ["c"], False)
+        pusher.accept = False
+        broker.append(m.stream_id, "c")  # refused: wakes the reader, which reads it
+        assert await reader == Batch(4, ["c"], False)
 
         # a terminal event is never pushed
-        accept = True
-        reader = asyncio.ensure_future(broker.read(m.stream_id, 4, timeout=5, push=push))
-        await asyncio.sleep(0)
+        pusher.accept = True
+        await asyncio.sleep(0.1)
+        reader = asyncio.ensure_future(broker.read(m.stream_id, 4, timeout=5, push=pusher))
+        await asyncio.sleep(0.01)
         broker.append(m.stream_id, "d")
         broker.append(m.stream_id, COMPLETE)
-        batch = await reader
-        assert batch == Batch(6, [COMPLETE], True)
+        assert await reader == Batch(6, [COMPLETE], True)
         # a reader that is behind is not pushed to: it reads what it missed
-        assert await broker.read(m.stream_id, 2, timeout=5, push=push) == Batch(
+        assert await broker.read(m.stream_id, 2, timeout=5, push=pusher) == Batch(
             3, ["b", "c", "d", COMPLETE], True
         )
 
+    run(kind, body)
+    assert pusher.taken == [(2, "a"), (3, "b"), (5, "d")]
+
+
+def test_redis_readers_in_other_processes_read_from_redis(redis_url: str) -> None:
+    pusher = Pusher()
+
+    async def main() -> None:
+        generating, elsewhere = RedisBroker(redis_url, 60), RedisBroker(redis_url, 60)
+        await generating.start(lambda *_: None)
+        await elsewhere.start(lambda *_: None)
+        try:
+            m = meta()
+            await generating.create(m)
+            reader = asyncio.ensure_future(elsewhere.read(m.stream_id, 0, timeout=5, push=pusher))
+            await asyncio.sleep(0.05)
+            generating.append(m.stream_id, "a")
+            assert await reader == Batch(1, ["a"], False)
+        finally:
+            await generating.aclose()
+            await elsewhere.aclose()
+
     asyncio.run(main())
-    assert pushed == [(2, "a"), (3, "b"), (5, "d")]
+    assert pusher.taken == []
 
 
 def test_memory_a_reader_without_push_is_woken_for_every_token() -> None:

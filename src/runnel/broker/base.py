@@ -7,6 +7,7 @@ a server batches the writes). Readers call ``read`` in a loop at their own pace.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -38,6 +39,52 @@ Push = Callable[[str, int], bool]
 when the reader took it (wrote it out) and goes on waiting."""
 
 
+class Waiter:
+    """A reader waiting for the next event of a stream: woken by ``future``, or handed
+    tokens by ``push`` while it has everything up to ``after`` (see ``offer``)."""
+
+    __slots__ = ("after", "future", "push")
+
+    def __init__(self, after: int, future: asyncio.Future[None], push: Push | None) -> None:
+        self.after = after
+        self.future = future
+        self.push = push
+
+
+def offer(waiters: list[Waiter], event_id: int, token: str | None) -> list[Waiter]:
+    """Event ``event_id`` (``token``: its text, when it is one) is available: hand it to the
+    waiters whose push takes it, wake the others. Returns the waiters still waiting."""
+    kept: list[Waiter] = []
+    for waiter in waiters:
+        if waiter.future.done():
+            continue
+        if (
+            token is not None
+            and waiter.push is not None
+            and waiter.after == event_id - 1
+            and waiter.push(token, event_id)
+        ):
+            waiter.after = event_id
+            kept.append(waiter)
+        else:
+            waiter.future.set_result(None)
+    return kept
+
+
+async def wait_for(waiter: Waiter, timeout: float) -> None:
+    """Wait until ``waiter`` is woken (``offer``), or for ``timeout`` s."""
+    timer = asyncio.get_running_loop().call_later(timeout, _wake, waiter.future)
+    try:
+        await waiter.future
+    finally:
+        timer.cancel()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class Broker(Protocol):
     async def create(self, meta: StreamMeta) -> None:
         """Start the log of a new stream."""
@@ -61,9 +108,10 @@ class Broker(Protocol):
         (an empty batch then). None when the stream is unknown or expired.
 
         With ``push``, a broker may hand the tokens appended while the reader waits to
-        ``push`` instead of returning them (the in-process broker does, to readers in the
-        generating process): each one ``push`` takes moves the reader on, and the batch
-        returned starts after the last of them (``first_id`` says where)."""
+        ``push`` instead of returning them (both do, to readers in the generating process;
+        Redis once the token is written there): each one ``push`` takes moves the reader
+        on, and the batch returned starts after the last of them (``first_id`` says
+        where)."""
 
     async def discard(self, stream_id: str) -> None:
         """Forget a stream that never started."""

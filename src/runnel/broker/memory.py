@@ -12,20 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from runnel.broker.base import Batch, Push, StreamMeta
+from runnel.broker.base import Batch, Push, StreamMeta, Waiter, offer, wait_for
 from runnel.events import TERMINAL, Event
-
-
-class _Waiter:
-    """A reader waiting in ``StreamLog.read``: woken by ``future``, or handed tokens by
-    ``push`` while it has everything up to ``after``."""
-
-    __slots__ = ("after", "future", "push")
-
-    def __init__(self, after: int, future: asyncio.Future[None], push: Push | None) -> None:
-        self.after = after
-        self.future = future
-        self.push = push
 
 
 class StreamLog:
@@ -35,7 +23,7 @@ class StreamLog:
         self.meta = meta
         self.events: list[Event] = []
         self.finished = False
-        self._waiters: list[_Waiter] = []
+        self._waiters: list[Waiter] = []
 
     def append(self, event: Event) -> int:
         """Append ``event``; returns its id. A waiting reader with a ``push`` is handed a
@@ -48,22 +36,11 @@ class StreamLog:
         if isinstance(event, TERMINAL):
             self.finished = True
         if self._waiters:
-            token = type(event) is str
-            kept: list[_Waiter] = []
-            for waiter in self._waiters:
-                if waiter.future.done():
-                    continue
-                if (
-                    token
-                    and waiter.push is not None
-                    and waiter.after == event_id - 1
-                    and waiter.push(event, event_id)  # type: ignore[arg-type]
-                ):
-                    waiter.after = event_id
-                    kept.append(waiter)
-                else:
-                    waiter.future.set_result(None)
-            self._waiters = kept
+            self._waiters = offer(
+                self._waiters,
+                event_id,
+                event if type(event) is str else None,
+            )
         return event_id
 
     async def read(
@@ -75,23 +52,15 @@ class StreamLog:
         events = self.events
         if len(events) > after or self.finished:
             return after, events[after : after + limit]
-        loop = asyncio.get_running_loop()
-        waiter = _Waiter(after, loop.create_future(), push)
+        waiter = Waiter(after, asyncio.get_running_loop().create_future(), push)
         self._waiters.append(waiter)
-        timer = loop.call_later(timeout, _wake, waiter.future)
         try:
-            await waiter.future
+            await wait_for(waiter, timeout)
         finally:
-            timer.cancel()
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
         after = waiter.after
         return after, self.events[after : after + limit]
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 class MemoryBroker:

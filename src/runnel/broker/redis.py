@@ -8,6 +8,11 @@ queues it, and one writer task sends everything queued in one pipeline — token
 arrive faster than Redis round trips go in batches. After the terminal event both keys
 expire after the retention time.
 
+A reader in the generating process that has everything written so far does not poll Redis
+for the next event: it waits in this process, and once the writer's pipeline has stored a
+token, the writer hands it to the reader's ``push`` (any other event wakes the reader,
+which reads it from Redis). Readers never see an event before Redis has it.
+
 Across processes: cancel requests travel on the pub/sub channel ``runnel:cancel``; a
 generating process renews a lease for each of its streams in the sorted set
 ``runnel:leases`` (score = expiry time), and any process may interrupt a stream whose
@@ -28,7 +33,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runnel.broker.base import Batch, Push, StreamMeta
+from runnel.broker.base import Batch, Push, StreamMeta, Waiter, offer, wait_for
 from runnel.errors import Overloaded
 from runnel.events import TERMINAL, Error, Event, from_wire, to_wire
 
@@ -96,7 +101,11 @@ class RedisBroker:
         self._longest_wait = longest_wait
         self._next: dict[str, int] = {}
         self._owners: dict[str, str] = {}
-        self._pending: list[tuple[str, int, bytes, bool]] = []
+        # (stream, id, payload, terminal, the token's text or None)
+        self._pending: list[tuple[str, int, bytes, bool, str | None]] = []
+        # streams generated here: the last event id that Redis confirmed, and who waits
+        self._written: dict[str, int] = {}
+        self._waiters: dict[str, list[Waiter]] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._on_cancel: CancelHandler | None = None
@@ -131,6 +140,7 @@ class RedisBroker:
         except (RedisError, OSError) as exc:
             raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
         self._next[meta.stream_id] = 0
+        self._written[meta.stream_id] = 0
         self._owners[meta.stream_id] = meta.user_id
 
     def append(self, stream_id: str, event: Event) -> int:
@@ -140,7 +150,8 @@ class RedisBroker:
             del self._next[stream_id]
         else:
             self._next[stream_id] = event_id
-        self._pending.append((stream_id, event_id, _encode(event), terminal))
+        token = event if type(event) is str else None
+        self._pending.append((stream_id, event_id, _encode(event), terminal, token))
         self._wake.set()
         return event_id
 
@@ -151,7 +162,7 @@ class RedisBroker:
             self._wake.clear()
             batch, self._pending = self._pending, []
             pipe = self._redis.pipeline(transaction=False)
-            for stream_id, event_id, payload, terminal in batch:
+            for stream_id, event_id, payload, terminal, _ in batch:
                 pipe.xadd(_stream(stream_id), {b"e": payload}, id=f"0-{event_id}")
                 if terminal:
                     pipe.hset(_meta(stream_id), "last", event_id)
@@ -166,17 +177,37 @@ class RedisBroker:
             try:
                 results = await pipe.execute(raise_on_error=False)
                 delay = WRITE_RETRY_MIN
+                refused = False
                 for result in results:
                     # on a retry, entries that did arrive the first time are refused: fine
                     if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
                         log.error("Redis refused a write: %s", result)
+                        refused = True
+                self._written_to_redis(batch, push=not refused)
             except (RedisError, OSError) as exc:
                 # keep the order and retry: readers must never see a gap
                 log.error("writing %d events to Redis failed (%s); retrying", len(batch), exc)
+                # readers waiting here go to Redis too, and fail as readers elsewhere do
+                for waiters in self._waiters.values():
+                    offer(waiters, 0, None)
                 self._pending = batch + self._pending
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, WRITE_RETRY_MAX)
                 self._wake.set()
+
+    def _written_to_redis(
+        self, batch: list[tuple[str, int, bytes, bool, str | None]], *, push: bool
+    ) -> None:
+        """The writer stored ``batch``: hand its tokens to the waiting readers of this
+        process (wake them for anything else, or for everything unless ``push``)."""
+        for stream_id, event_id, _, terminal, token in batch:
+            if terminal:
+                self._written.pop(stream_id, None)
+            elif stream_id in self._written:
+                self._written[stream_id] = event_id
+            waiters = self._waiters.get(stream_id)
+            if waiters:
+                self._waiters[stream_id] = offer(waiters, event_id, token if push else None)
 
     async def meta(self, stream_id: str) -> StreamMeta | None:
         try:
@@ -201,11 +232,31 @@ class RedisBroker:
         limit: int = 512,
         push: Push | None = None,
     ) -> Batch | None:
-        """``push`` is not used: every reader reads the stream from Redis."""
         try:
+            if push is not None and timeout > 0 and self._written.get(stream_id) == after:
+                # generated here, and the reader has all that Redis has: wait for the writer
+                wait = min(timeout, self._longest_wait)
+                after = await self._wait_here(stream_id, after, wait, push)
+                timeout = 0  # what woke the reader is in Redis now (or nothing, at the timeout)
             return await self._read(stream_id, after, timeout, limit)
         except (RedisError, OSError) as exc:
             raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
+
+    async def _wait_here(self, stream_id: str, after: int, timeout: float, push: Push) -> int:
+        """Wait in this process for the next event of ``stream_id`` to be written, taking
+        the tokens ``push`` takes; returns the id the reader is at then."""
+        waiter = Waiter(after, asyncio.get_running_loop().create_future(), push)
+        self._waiters.setdefault(stream_id, []).append(waiter)
+        try:
+            await wait_for(waiter, timeout)
+        finally:
+            waiters = self._waiters.get(stream_id)
+            if waiters is not None:
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[stream_id]
+        return waiter.after
 
     async def _read(self, stream_id: str, after: int, timeout: float, limit: int) -> Batch | None:
         key = _stream(stream_id)
@@ -229,6 +280,7 @@ class RedisBroker:
 
     async def discard(self, stream_id: str) -> None:
         self._next.pop(stream_id, None)
+        self._written.pop(stream_id, None)
         owner = self._owners.pop(stream_id, None)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
