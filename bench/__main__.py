@@ -28,7 +28,7 @@ from typing import Any
 
 from bench import harness
 from bench.harness import HARNESS_CPU, ROOT, Child, clean_env, free_port, python, wait_ready
-from bench.scenarios import SCENARIOS, TARGETS, Bench, Config
+from bench.scenarios import DEFAULT_TARGETS, SCENARIOS, TARGETS, Bench, Config
 from bench.upstream import new_event_loop
 
 
@@ -45,8 +45,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small numbers: a smoke run")
     parser.add_argument(
         "--targets",
-        default=",".join(TARGETS),
-        help="comma-separated subset of direct,relay,runnel (default: all three)",
+        default=",".join(DEFAULT_TARGETS),
+        help="comma-separated subset of direct,relay,runnel,runnel-redis (default: the "
+        "first three; runnel-redis is Runnel with its event logs in Redis, see --redis-url)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        help="the Redis of the runnel-redis target (default redis://127.0.0.1:6379/14)",
     )
     parser.add_argument("--json", type=Path, help="where to write the results")
     parser.add_argument(
@@ -84,6 +89,8 @@ def make_config(args: argparse.Namespace) -> Config:
         config.single_samples = args.samples
     if args.gap_ms is not None:
         config.gap_ms = args.gap_ms
+    if args.redis_url:
+        config.redis_url = args.redis_url
     return config
 
 
@@ -131,7 +138,7 @@ def log(message: str) -> None:
 # -- tables ------------------------------------------------------------------------------
 
 COLUMNS = [
-    ("target", 8, "<"),
+    ("target", 12, "<"),
     ("streams", 7, ">"),
     ("ttft p50", 8, ">"),
     ("ttft p99", 8, ">"),
@@ -199,7 +206,7 @@ def table(rows: Sequence[dict[str, Any]], extra: Sequence[tuple[str, Any]] = ())
     for row in rows:
         values = cells(row)
         if "failed" in row:
-            lines.append(f"{values[0]:<8}  {values[1]:>7}  {values[2]}")
+            lines.append(f"{values[0]:<{widths[0]}}  {values[1]:>7}  {values[2]}")
             continue
         values += [fn(row) for _, fn in extra]
         lines.append(

@@ -42,7 +42,8 @@ from bench.load import (
 )
 from bench.upstream import model_name
 
-TARGETS = ("direct", "relay", "runnel")
+TARGETS = ("direct", "relay", "runnel", "runnel-redis")
+DEFAULT_TARGETS = ("direct", "relay", "runnel")  # runnel-redis only when asked for
 IDLE_BATCH = 500  # readers connecting at once (under the listen backlog)
 
 
@@ -71,6 +72,8 @@ class Config:
     idle_streams: int = 1000
     idle_hold_s: float = 20.0
     rate: float = 50.0
+    # runnel-redis: Runnel with the Redis broker (the event logs in Redis, as with --workers)
+    redis_url: str = "redis://127.0.0.1:6379/14"
 
     @classmethod
     def quick_config(cls) -> Config:
@@ -135,7 +138,8 @@ class Bench:
         base = f"http://127.0.0.1:{self.upstream_port}/v1"
         workdir = self.scratch / f"{label}-{name}"
         workdir.mkdir(parents=True, exist_ok=True)
-        if name == "runnel":
+        if name in ("runnel", "runnel-redis"):
+            redis = {"RUNNEL_REDIS_URL": self.config.redis_url} if name == "runnel-redis" else {}
             env = clean_env(
                 RUNNEL_DATA_DIR=str(workdir / "data"),
                 OPENAI_BASE_URL=base,
@@ -144,6 +148,7 @@ class Bench:
                 RUNNEL_LOG_FORMAT="text",
                 RUNNEL_MAX_ACTIVE_STREAMS="1000000",
                 RUNNEL_SHUTDOWN_GRACE="1",
+                **redis,
             )
             argv = [python(), "-m", "runnel", "serve", "--port", str(port)]
         else:
