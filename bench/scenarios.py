@@ -3,7 +3,8 @@
 Targets: ``direct`` (the load generator talks to the fake upstream itself — the floor, and
 the proof that the load generator keeps up), ``relay`` (bench/simple_relay.py, the
 straightforward app) and ``runnel`` (``python -m runnel serve``, stateless endpoint
-``POST /api/v1/messages``). Each scenario starts a fresh server process per target, pinned
+``POST /api/v1/messages``); ``runnel-redis``, only when asked for, is Runnel with its event
+logs in Redis. Each scenario starts a fresh server process per target, pinned
 to CPU 0, and stops it afterwards.
 """
 
