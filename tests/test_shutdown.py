@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -100,3 +101,58 @@ def test_a_killed_process_leaves_the_last_checkpoint(tmp_path: Path) -> None:
     assert message["error"]["code"] == "INTERRUPTED"
     assert message["content"].startswith(head.text)
     assert stored["activeStreamId"] is None
+
+
+def test_sigterm_drains_the_workers_of_runnel_serve_workers(
+    tmp_path: Path, postgres_url: str, redis_url: str
+) -> None:
+    """Each worker drains like a single process: a reply still running when the grace
+    period ends is interrupted, and its reader gets the ``INTERRUPTED`` event (without the
+    drain, uvicorn would cut the connection after its own timeout, with no terminal event)."""
+    shared = {"database_url": postgres_url, "redis_url": redis_url}
+    with runnel_process(
+        tmp_path,
+        workers=2,
+        demo_tokens_per_second="20",
+        demo_reply_tokens="2000",
+        shutdown_grace="1",
+        **shared,
+    ) as (process, url):
+        cid, head, tail = sigterm_mid_stream(process, url, 4)
+    error = tail.terminal.data
+    assert (error["type"], error["code"], error["partial"]) == ("error", "INTERRUPTED", True)
+    with runnel_process(tmp_path, **shared) as (_, url), httpx2.Client(base_url=url) as client:
+        stored = client.get(f"/api/v1/conversations/{cid}").json()
+    message = stored["messages"][-1]
+    assert message["status"] == "interrupted"
+    assert message["content"] == head.text + tail.text
+
+
+DRAIN_PROBE = """
+import asyncio, os, signal, sys
+from runnel.api.signals import drain_on_signals
+
+async def main():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    called = []
+    restore = drain_on_signals(lambda: called.append(1))
+    os.kill(os.getpid(), signal.SIGINT)  # ignored before: still ignored, drain started
+    await asyncio.sleep(0.1)
+    print("after SIGINT", called, flush=True)
+    restore()
+    print("restored", signal.getsignal(signal.SIGINT) == signal.SIG_IGN, flush=True)
+    drain_on_signals(lambda: None)
+    os.kill(os.getpid(), signal.SIGTERM)  # the default action: the process ends
+    await asyncio.sleep(5)
+    print("still alive", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_the_drain_hook_keeps_the_signals_previous_actions() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", DRAIN_PROBE], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.splitlines() == ["after SIGINT [1]", "restored True"]
+    assert done.returncode == -signal.SIGTERM

@@ -1,15 +1,13 @@
-"""``runnel serve``: start uvicorn on the app, with a graceful drain on SIGTERM."""
+"""``runnel serve``: start uvicorn on the app (one process, or ``--workers N``). The drain
+on SIGTERM is the app's own (``runnel.api.signals``)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import math
-import socket
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -21,34 +19,6 @@ from runnel.metrics import multiprocess_directory
 from runnel.settings import Settings
 
 log = logging.getLogger("runnel")
-
-
-class DrainingServer(uvicorn.Server):
-    """On shutdown, tell the generations to drain before uvicorn waits for connections, so
-    open streams get their terminal event (complete, or INTERRUPTED when grace runs out)."""
-
-    def __init__(self, config: uvicorn.Config, grace: float) -> None:
-        super().__init__(config)
-        self.grace = grace
-        self._drain: asyncio.Task[None] | None = None
-
-    def _services(self) -> Any:
-        """The app's services, under uvicorn's middleware wrappers (also in a worker)."""
-        app: Any = self.config.loaded_app if self.config.loaded else self.config.app
-        while app is not None:
-            found = getattr(getattr(app, "state", None), "runnel", None)
-            if found is not None:
-                return found
-            app = getattr(app, "app", None)
-        return None
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        services = self._services()
-        if services is not None:
-            self._drain = asyncio.ensure_future(services.generations.shutdown(self.grace))
-        await super().shutdown(sockets)
-        if self._drain is not None:
-            await self._drain
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     log.info("runnel %s listening on http://%s:%d", __version__, args.host, args.port)
     settle_heap()
-    DrainingServer(config, settings.shutdown_grace).run()
+    uvicorn.Server(config).run()
     return 0
 
 
@@ -119,8 +89,7 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int) -> int
         print(f"runnel: {exc}", file=sys.stderr)
         return 2
     log.info("runnel %s: %d workers on http://%s:%d", __version__, workers, host, port)
-    # each worker is a plain uvicorn server: on SIGTERM its streams are interrupted by the
-    # lifespan's shutdown once connections closed, not drained like a single process's.
+    # each worker drains on SIGTERM like a single process (its app's lifespan does it).
     # The workers (new interpreters) inherit PROMETHEUS_MULTIPROC_DIR: /metrics sums them all
     with multiprocess_directory():
         uvicorn.run(

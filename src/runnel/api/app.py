@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from runnel.api import conversations, errors, streams, system, webapp
 from runnel.api.auth import Authenticator
 from runnel.api.deps import Services
 from runnel.api.middleware import LocalHostOnlyMiddleware, RequestIdMiddleware
+from runnel.api.signals import drain_on_signals
 from runnel.api.streaming import HandOff
 from runnel.broker import Broker
 from runnel.broker.memory import MemoryBroker
@@ -85,10 +87,19 @@ def create_app(settings: Settings) -> FastAPI:
             metrics,
         )
         generations.start_loops()
+        draining: list[asyncio.Task[None]] = []
+
+        def start_drain() -> None:
+            if not draining:
+                draining.append(asyncio.create_task(generations.shutdown(settings.shutdown_grace)))
+
+        restore_signals = drain_on_signals(start_drain)
         try:
             yield
         finally:
-            await generations.shutdown(settings.shutdown_grace)
+            restore_signals()
+            start_drain()
+            await draining[0]
             await registry.aclose()
             await broker.aclose()
             await store.close()
