@@ -40,8 +40,8 @@ when the reader took it (wrote it out) and goes on waiting."""
 
 
 class Waiter:
-    """A reader waiting for the next event of a stream: woken by ``future``, or handed
-    tokens by ``push`` while it has everything up to ``after`` (see ``offer``)."""
+    """A reader waiting for the next event of a stream (``wait``): woken by ``future``, or
+    handed tokens by ``push`` while it has everything up to ``after`` (``offer``)."""
 
     __slots__ = ("after", "future", "push")
 
@@ -51,9 +51,9 @@ class Waiter:
         self.push = push
 
 
-def offer(waiters: list[Waiter], event_id: int, token: str | None) -> list[Waiter]:
+def offer(waiters: list[Waiter], event_id: int, token: str | None) -> None:
     """Event ``event_id`` (``token``: its text, when it is one) is available: hand it to the
-    waiters whose push takes it, wake the others. Returns the waiters still waiting."""
+    waiters whose push takes it, wake the others. ``waiters`` keeps those still waiting."""
     kept: list[Waiter] = []
     for waiter in waiters:
         if waiter.future.done():
@@ -68,16 +68,23 @@ def offer(waiters: list[Waiter], event_id: int, token: str | None) -> list[Waite
             kept.append(waiter)
         else:
             waiter.future.set_result(None)
-    return kept
+    waiters[:] = kept
 
 
-async def wait_for(waiter: Waiter, timeout: float) -> None:
-    """Wait until ``waiter`` is woken (``offer``), or for ``timeout`` s."""
+async def wait(waiters: list[Waiter], after: int, timeout: float, push: Push | None) -> int:
+    """Wait among ``waiters``, having everything up to ``after``, until ``offer`` wakes
+    this reader or ``timeout`` s pass. Returns the id it is at then: ``after``, moved on
+    by each token its ``push`` took."""
+    waiter = Waiter(after, asyncio.get_running_loop().create_future(), push)
+    waiters.append(waiter)
     timer = asyncio.get_running_loop().call_later(timeout, _wake, waiter.future)
     try:
         await waiter.future
     finally:
         timer.cancel()
+        if waiter in waiters:
+            waiters.remove(waiter)
+    return waiter.after
 
 
 def _wake(future: asyncio.Future[None]) -> None:

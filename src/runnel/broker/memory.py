@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from runnel.broker.base import Batch, Push, StreamMeta, Waiter, offer, wait_for
+from runnel.broker.base import Batch, Push, StreamMeta, Waiter, offer, wait
 from runnel.events import TERMINAL, Event
 
 
@@ -36,11 +36,7 @@ class StreamLog:
         if isinstance(event, TERMINAL):
             self.finished = True
         if self._waiters:
-            self._waiters = offer(
-                self._waiters,
-                event_id,
-                event if type(event) is str else None,
-            )
+            offer(self._waiters, event_id, event if type(event) is str else None)
         return event_id
 
     async def read(
@@ -52,14 +48,7 @@ class StreamLog:
         events = self.events
         if len(events) > after or self.finished:
             return after, events[after : after + limit]
-        waiter = Waiter(after, asyncio.get_running_loop().create_future(), push)
-        self._waiters.append(waiter)
-        try:
-            await wait_for(waiter, timeout)
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-        after = waiter.after
+        after = await wait(self._waiters, after, timeout, push)
         return after, self.events[after : after + limit]
 
 

@@ -33,7 +33,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runnel.broker.base import Batch, Push, StreamMeta, Waiter, offer, wait_for
+from runnel.broker.base import Batch, Push, StreamMeta, Waiter, offer, wait
 from runnel.errors import Overloaded
 from runnel.events import TERMINAL, Error, Event, from_wire, to_wire
 
@@ -207,7 +207,7 @@ class RedisBroker:
                 self._written[stream_id] = event_id
             waiters = self._waiters.get(stream_id)
             if waiters:
-                self._waiters[stream_id] = offer(waiters, event_id, token if push else None)
+                offer(waiters, event_id, token if push else None)
 
     async def meta(self, stream_id: str) -> StreamMeta | None:
         try:
@@ -245,18 +245,12 @@ class RedisBroker:
     async def _wait_here(self, stream_id: str, after: int, timeout: float, push: Push) -> int:
         """Wait in this process for the next event of ``stream_id`` to be written, taking
         the tokens ``push`` takes; returns the id the reader is at then."""
-        waiter = Waiter(after, asyncio.get_running_loop().create_future(), push)
-        self._waiters.setdefault(stream_id, []).append(waiter)
+        waiters = self._waiters.setdefault(stream_id, [])
         try:
-            await wait_for(waiter, timeout)
+            return await wait(waiters, after, timeout, push)
         finally:
-            waiters = self._waiters.get(stream_id)
-            if waiters is not None:
-                if waiter in waiters:
-                    waiters.remove(waiter)
-                if not waiters:
-                    del self._waiters[stream_id]
-        return waiter.after
+            if not waiters and self._waiters.get(stream_id) is waiters:
+                del self._waiters[stream_id]
 
     async def _read(self, stream_id: str, after: int, timeout: float, limit: int) -> Batch | None:
         key = _stream(stream_id)
