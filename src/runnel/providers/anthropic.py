@@ -35,7 +35,7 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, ModelList, Provider, ReplayStream
-from runnel.providers.transport import http_client, take_body
+from runnel.providers.transport import http_client, sdk_timeout, take_body
 from runnel.providers.wire import BodyStream, SSEDecoder, drain, rejected_request, retry_after
 
 if TYPE_CHECKING:
@@ -89,12 +89,13 @@ class AnthropicProvider(Provider):
         headers: dict[str, Any] = {"Authorization": anthropic.omit}
         if api_key:
             headers["X-Api-Key"] = api_key
+        timeouts = sdk_timeout(timeout)
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key or "unused",  # never sent: Authorization is omitted above
             base_url=base_url or ANTHROPIC_API,
             max_retries=0,
-            timeout=httpx2.Timeout(timeout, connect=10.0),
-            http_client=http_client(httpx2.Timeout(timeout, connect=10.0)),
+            timeout=timeouts,
+            http_client=http_client(timeouts),
             default_headers=headers,
             open_telemetry=False,
         )

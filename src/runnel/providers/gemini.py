@@ -62,7 +62,7 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, ModelList, Provider, ReplayStream
-from runnel.providers.transport import http_client, take_body
+from runnel.providers.transport import CONNECT_TIMEOUT, http_client, take_body
 from runnel.providers.wire import BodyStream, SSEDecoder, json_object, retry_after
 
 _MISSING_SDK: ImportError | None = None
@@ -81,7 +81,6 @@ DEFAULT_API_VERSION = "v1beta"
 OPTIONS = frozenset({"api_version"})
 _API_VERSION = re.compile(r"^v[0-9]+[a-z0-9]*$")
 _LIST_TIMEOUT_MS = 5000
-_CONNECT_TIMEOUT = 10.0
 _FINISH: dict[str, FinishReason] = {
     "STOP": "stop",
     "MAX_TOKENS": "length",
@@ -157,7 +156,7 @@ class GeminiProvider(Provider):
         self._api_key = (api_key or "").strip() or "unused"
         self._base_url = (base_url or GEMINI_API).rstrip("/")
         self._api_version = api_version
-        self._timeout = httpx2.Timeout(timeout, connect=min(_CONNECT_TIMEOUT, timeout))
+        self._timeout = httpx2.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout))
         self._http = http_client(self._timeout)
         self._sync_http = httpx2.Client(timeout=self._timeout)  # unused; else the SDK makes one
         self._client = genai.Client(

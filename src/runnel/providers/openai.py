@@ -27,7 +27,7 @@ from runnel.errors import (
 )
 from runnel.events import FinishReason, Usage
 from runnel.providers.base import ChatMessage, Delta, Finish, ModelList, Provider, ReplayStream
-from runnel.providers.transport import http_client, take_body
+from runnel.providers.transport import http_client, sdk_timeout, take_body
 from runnel.providers.wire import (
     BodyStream,
     SSEDecoder,
@@ -74,12 +74,13 @@ class OpenAIProvider(Provider):
         timeout: float = 600.0,
     ) -> None:
         super().__init__(name)
+        timeouts = sdk_timeout(timeout)
         self._client = openai.AsyncOpenAI(
             api_key=api_key or "unused",
             base_url=base_url,
             max_retries=0,
-            timeout=httpx2.Timeout(timeout, connect=10.0),
-            http_client=http_client(httpx2.Timeout(timeout, connect=10.0)),
+            timeout=timeouts,
+            http_client=http_client(timeouts),
         )
         self._models = ModelList(models, self._fetch_models)
 

@@ -36,6 +36,7 @@ import aiohttp
 import httpx2
 
 _BODY = "runnel.body"  # the response extension that holds the aiohttp body stream
+CONNECT_TIMEOUT = 10.0  # seconds to connect to an upstream, whatever its read timeout
 
 
 class AiohttpTransport(httpx2.AsyncBaseTransport):
@@ -178,6 +179,11 @@ def _as_httpx2(exc: BaseException, *, connecting: bool) -> httpx2.HTTPError:
     if isinstance(exc, aiohttp.ClientResponseError):
         return httpx2.RemoteProtocolError(str(exc))
     return httpx2.ReadError(str(exc) or type(exc).__name__)
+
+
+def sdk_timeout(seconds: float) -> httpx2.Timeout:
+    """An SDK's timeout: ``seconds`` to wait for the upstream, ``CONNECT_TIMEOUT`` to connect."""
+    return httpx2.Timeout(seconds, connect=CONNECT_TIMEOUT)
 
 
 def http_client(timeout: httpx2.Timeout | float, **kwargs: Any) -> httpx2.AsyncClient:
