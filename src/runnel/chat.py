@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from runnel.accounts.records import Limits
 from runnel.broker import Broker, StreamMeta
 from runnel.errors import InvalidRequest, NotFound, StreamInProgress
 from runnel.generation import Generation, GenerationService, StartRequest
@@ -98,7 +99,12 @@ class ChatService:
     # replies
 
     async def send_stateless(
-        self, user_id: str, message: str, history: Sequence[ChatMessage], model: str | None
+        self,
+        user_id: str,
+        message: str,
+        history: Sequence[ChatMessage],
+        model: str | None,
+        limits: Limits | None = None,
     ) -> Generation:
         self._check_message(message)
         limit = self.settings.max_history_messages
@@ -109,11 +115,19 @@ class ChatService:
         self._check_history_size([*history, {"role": "user", "content": message}])
         route = self.registry.resolve(model)
         prompt: list[ChatMessage] = [*history, {"role": "user", "content": message}]
-        await self.quotas.admit(user_id)
-        return await self.generations.start(StartRequest(user_id, route, prompt))
+        limits = limits or Limits()
+        await self.quotas.admit(user_id, limits)
+        return await self.generations.start(
+            StartRequest(user_id, route, prompt, count_usage=self.quotas.daily_tokens(limits) > 0)
+        )
 
     async def send(
-        self, user_id: str, conversation_id: str, content: str, model: str | None
+        self,
+        user_id: str,
+        conversation_id: str,
+        content: str,
+        model: str | None,
+        limits: Limits | None = None,
     ) -> Generation:
         self._check_message(content)
         conversation = await self._idle_conversation(user_id, conversation_id)
@@ -128,9 +142,16 @@ class ChatService:
             user_message=content,
             title=title,
             remember_model=route.model_id if model else None,
+            limits=limits,
         )
 
-    async def regenerate(self, user_id: str, conversation_id: str, model: str | None) -> Generation:
+    async def regenerate(
+        self,
+        user_id: str,
+        conversation_id: str,
+        model: str | None,
+        limits: Limits | None = None,
+    ) -> Generation:
         """Replace the last assistant reply (or answer a trailing user message), by default
         with the model that wrote the reply being replaced."""
         conversation = await self._idle_conversation(user_id, conversation_id)
@@ -150,6 +171,7 @@ class ChatService:
             route,
             self._window(_prompt(conversation, history)),
             replace=replace,
+            limits=limits,
         )
 
     async def _idle_conversation(self, user_id: str, conversation_id: str) -> Conversation:
@@ -172,8 +194,10 @@ class ChatService:
         replace: str | None = None,
         title: str | None = None,
         remember_model: str | None = None,
+        limits: Limits | None = None,
     ) -> Generation:
-        await self.quotas.admit(user_id)
+        limits = limits or Limits()
+        await self.quotas.admit(user_id, limits)
         stream_id, message_id = new_id("s"), new_id("m")
         new = [NewMessage(message_id, "assistant", "", "streaming", route.model_id, stream_id)]
         if user_message is not None:
@@ -191,6 +215,7 @@ class ChatService:
                 stale_claim=conversation.active_stream_id,
                 stream_id=stream_id,
                 message_id=message_id,
+                count_usage=self.quotas.daily_tokens(limits) > 0,
             )
         )
 
@@ -231,6 +256,14 @@ class ChatService:
         await self.broker.request_cancel(stream_id, kept_through)
         self.metrics.cancel_accepted()
         return True
+
+    async def stop_streams_of(self, user_id: str) -> int:
+        """Stop every reply of a user, wherever it runs (a disabled account); how many."""
+        stream_ids = await self.generations.streams_of(user_id)
+        for stream_id in stream_ids:
+            if not self.generations.cancel(stream_id):
+                await self.broker.request_cancel(stream_id, None)
+        return len(stream_ids)
 
     # validation
 

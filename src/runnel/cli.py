@@ -4,6 +4,7 @@ on SIGTERM is the app's own (``runnel.api.signals``)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import math
 import sys
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 import uvicorn
 from pydantic import ValidationError
 
-from runnel import __version__, logs
+from runnel import __version__, logs, users_cli
 from runnel.api.app import create_app, settle_heap
 from runnel.api.auth import is_loopback
 from runnel.metrics import multiprocess_directory
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="worker processes (more than one needs RUNNEL_REDIS_URL and PostgreSQL)",
     )
+    users_cli.add_parser(commands)
     return parser
 
 
@@ -45,10 +47,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"runnel: invalid configuration: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    if not is_loopback(args.host) and not settings.tokens:
+    if args.command == "users":
+        return users_cli.run(args, settings)
+    if (
+        not is_loopback(args.host)
+        and not settings.tokens
+        and not asyncio.run(users_cli.has_admin(settings))
+    ):
         print(
-            f"runnel: refusing to listen on {args.host} without RUNNEL_API_TOKENS "
-            "(set token:user pairs, or bind to 127.0.0.1)",
+            f"runnel: refusing to listen on {args.host} with no administrator account and no "
+            "RUNNEL_API_TOKENS (create one with runnel users add NAME --admin, or bind to "
+            "127.0.0.1)",
             file=sys.stderr,
         )
         return 2
@@ -67,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + 5,
         server_header=False,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     log.info("runnel %s listening on http://%s:%d", __version__, args.host, args.port)
     settle_heap()
@@ -102,5 +112,6 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int) -> int
             access_log=False,
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + 5,
             server_header=False,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
         )
     return 0

@@ -6,6 +6,7 @@
     ├── Forbidden                    FORBIDDEN        403
     ├── NotFound                     NOT_FOUND        404
     ├── StreamInProgress             STREAM_IN_PROGRESS 409
+    ├── Conflict                     CONFLICT         409  (a name taken, the last admin)
     ├── RateLimited                  RATE_LIMIT       429  (retryable, Retry-After)
     ├── Overloaded                   OVERLOADED       503  (retryable)
     ├── ModelNotFound                MODEL_NOT_FOUND  400
@@ -70,6 +71,11 @@ class NotFound(RunnelError):
 
 class StreamInProgress(RunnelError):
     code = "STREAM_IN_PROGRESS"
+    status = 409
+
+
+class Conflict(RunnelError):
+    code = "CONFLICT"
     status = 409
 
 
@@ -139,6 +145,7 @@ BY_CODE: dict[str, type[RunnelError]] = {
         Forbidden,
         NotFound,
         StreamInProgress,
+        Conflict,
         RateLimited,
         Overloaded,
         ModelNotFound,

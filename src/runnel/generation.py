@@ -39,6 +39,7 @@ from runnel.ids import new_id
 from runnel.metrics import Metrics, provider_of
 from runnel.providers.base import ChatMessage, Finish
 from runnel.providers.router import RetryPolicy, Route, RoutedStream, Router
+from runnel.quotas import today
 from runnel.settings import Settings
 from runnel.store.records import NewMessage, ReplyOutcome
 from runnel.store.sql import STORE_ERRORS, Store
@@ -73,6 +74,7 @@ class StartRequest:
     stale_claim: str | None = None
     stream_id: str = field(default_factory=lambda: new_id("s"))
     message_id: str = field(default_factory=lambda: new_id("m"))
+    count_usage: bool = False  # add the reply's output tokens to its user's daily usage
 
     @property
     def model(self) -> str:
@@ -162,6 +164,12 @@ class GenerationService:
         if isinstance(self.broker, RedisBroker):
             return await self.broker.user_streams(user_id)
         return sum(1 for g in self._active.values() if g.request.user_id == user_id)
+
+    async def streams_of(self, user_id: str) -> list[str]:
+        """The streams of ``user_id`` generating now (in every process, with Redis)."""
+        if isinstance(self.broker, RedisBroker):
+            return await self.broker.user_stream_ids(user_id)
+        return [s for s, g in self._active.items() if g.request.user_id == user_id]
 
     async def is_running(self, stream_id: str) -> bool:
         """Whether ``stream_id`` is generating, here or (with Redis) in a process whose lease
@@ -412,6 +420,8 @@ class GenerationService:
             _reject(gen.ready, gen.failure)
         else:
             _resolve(gen.ready)
+        if gen.request.count_usage:
+            await self._count_usage(gen, outcome)
         elapsed = time.monotonic() - gen.started_at
         self.metrics.stream_ended(outcome, elapsed)
         fields: dict[str, object] = {
@@ -422,6 +432,19 @@ class GenerationService:
         if isinstance(outcome, Error):
             fields["code"] = outcome.code
         log.info("stream ended", extra={"fields": fields})
+
+    async def _count_usage(self, gen: Generation, outcome: Complete | Error) -> None:
+        """Add the reply's output tokens to its user's day (after the terminal event: a
+        failure here only makes the daily limit generous, and is logged)."""
+        tokens = len(gen.pieces)
+        if isinstance(outcome, Complete):
+            tokens = outcome.usage.completion_tokens if outcome.usage else outcome.completion_tokens
+        if tokens <= 0:
+            return
+        try:
+            await self.store.add_usage(gen.request.user_id, today(), tokens)
+        except STORE_ERRORS as exc:
+            log.warning("counting the reply's tokens failed (%s)", type(exc).__name__)
 
     async def _store_outcome(self, gen: Generation, outcome: ReplyOutcome) -> None:
         """Store the terminal state, retrying a failing database for ~15 s; the terminal

@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     default_model: str | None = None
     api_tokens: str | None = None
     allowed_hosts: str = ""
+    signup: Literal["closed", "open", "approval"] = "closed"
+    session_lifetime: float = Field(default=30 * 86400.0, gt=0)
+    password_time_cost: int = Field(default=3, ge=1, le=20)
+    password_memory_kib: int = Field(default=65536, ge=8, le=4 * 1024 * 1024)
+    password_parallelism: int = Field(default=4, ge=1, le=64)
+    login_limit_account: str = "10/minute"
+    login_limit_address: str = "30/10 minutes"
+    forwarded_allow_ips: str = "127.0.0.1"
     config: Path | None = None
 
     openai_api_key: str | None = Field(
@@ -112,6 +120,8 @@ class Settings(BaseSettings):
     max_active_streams: int = Field(default=2000, gt=0)
     max_streams_per_user: int = Field(default=0, ge=0)
     rate_limit: str | None = None
+    output_tokens_per_day: int = Field(default=0, ge=0)
+    stream_padding: bool = False
     stream_retention: float = Field(default=300.0, ge=0)
     checkpoint_interval: float = Field(default=1.0, gt=0, le=1.0)
     send_timeout: float = Field(default=30.0, gt=0)

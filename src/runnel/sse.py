@@ -4,10 +4,16 @@ Events are encoded with orjson into pre-built byte strings; a batch of events th
 has not yet seen becomes one byte string, so a response does one ``send`` per flush.
 Consecutive tokens in a batch are merged into one ``token`` event carrying the id of the
 last token merged — that is how a reader that fell behind catches up cheaply.
+
+With ``stream_padding`` on, every ``token`` event carries a ``p`` field of filler that
+brings the event to a multiple of ``PAD_BLOCK`` bytes, plus one more block at random: the
+size of an encrypted event then no longer tells the length of the token in it (tokens of
+up to ~30 bytes all look alike). Readers ignore ``p``.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import orjson
@@ -17,6 +23,9 @@ from runnel.events import Event, to_wire
 PING = b": ping\n\n"
 _TOKEN = b'id: %d\ndata: {"type":"token","content":%s}\n\n'
 _OTHER = b"id: %d\ndata: %s\n\n"
+_PADDED = b'id: %d\ndata: {"type":"token","content":%s,"p":"%s"}\n\n'
+PAD_BLOCK = 32
+_FILLER = b"." * (2 * PAD_BLOCK)
 
 
 def retry(milliseconds: int) -> bytes:
@@ -28,7 +37,15 @@ def token(text: str, event_id: int) -> bytes:
     return _TOKEN % (event_id, orjson.dumps(text))
 
 
-def encode(events: Sequence[Event], first_id: int) -> bytes:
+def padded_token(text: str, event_id: int) -> bytes:
+    """One ``token`` event with its ``p`` filler."""
+    content = orjson.dumps(text)
+    bare = len(_PADDED) - 6 + len(str(event_id)) + len(content)  # the event with "p":""
+    fill = -bare % PAD_BLOCK + PAD_BLOCK * random.getrandbits(1)
+    return _PADDED % (event_id, content, _FILLER[:fill])
+
+
+def encode(events: Sequence[Event], first_id: int, padded: bool = False) -> bytes:
     """Encode ``events`` whose first has id ``first_id``, merging runs of tokens."""
     out: list[bytes] = []
     i, n = 0, len(events)
@@ -39,7 +56,10 @@ def encode(events: Sequence[Event], first_id: int) -> bytes:
             while j < n and type(events[j]) is str:
                 j += 1
             text = event if j - i == 1 else "".join(events[i:j])  # type: ignore[arg-type]
-            out.append(_TOKEN % (first_id + j - 1, orjson.dumps(text)))
+            if padded:
+                out.append(padded_token(text, first_id + j - 1))
+            else:
+                out.append(_TOKEN % (first_id + j - 1, orjson.dumps(text)))
             i = j
         else:
             out.append(_OTHER % (first_id + i, orjson.dumps(to_wire(event))))

@@ -12,10 +12,15 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from runnel import __version__, logs
-from runnel.api import conversations, errors, streams, system, webapp
-from runnel.api.auth import Authenticator
+from runnel.accounts.service import AccountService
+from runnel.accounts.throttle import parse_window
+from runnel.api import accounts, conversations, errors, streams, system, webapp
 from runnel.api.deps import Services
-from runnel.api.middleware import LocalHostOnlyMiddleware, RequestIdMiddleware
+from runnel.api.middleware import (
+    LocalHostOnlyMiddleware,
+    RequestIdMiddleware,
+    SecurityHeadersMiddleware,
+)
 from runnel.api.signals import drain_on_signals
 from runnel.api.streaming import HandOff
 from runnel.broker import Broker
@@ -44,6 +49,13 @@ def create_app(settings: Settings) -> FastAPI:
     registry = Registry.from_settings(settings)
     if settings.rate_limit:
         parse_rate(settings.rate_limit)
+    parse_window(settings.login_limit_account, "login_limit_account")
+    parse_window(settings.login_limit_address, "login_limit_address")
+    # one per app, before it serves: the Host check asks it whether the server is local
+    holder: list[AccountService] = []
+
+    def local_mode() -> bool:
+        return not holder or holder[0].known_local
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,19 +84,17 @@ def create_app(settings: Settings) -> FastAPI:
         quotas = Quotas(
             settings.rate_limit,
             settings.max_streams_per_user,
+            settings.output_tokens_per_day,
             generations.user_streams,
+            store.usage_of,
             settings.redis_url,
         )
         chat = ChatService(settings, store, broker, generations, registry, quotas, metrics)
+        account_service = AccountService(settings, store)
+        await account_service.have_accounts()
+        holder[:] = [account_service]
         app.state.runnel = Services(
-            settings,
-            store,
-            broker,
-            registry,
-            generations,
-            chat,
-            Authenticator(settings.tokens),
-            metrics,
+            settings, store, broker, registry, generations, chat, account_service, metrics
         )
         generations.start_loops()
         draining: list[asyncio.Task[None]] = []
@@ -111,15 +121,17 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         docs_url="/api/docs",
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url="/openapi.json",
+        responses=errors.DOCUMENTED,
     )
     errors.install(app)
     app.include_router(streams.router)
     app.include_router(conversations.router)
+    app.include_router(accounts.router)
     app.include_router(system.router)
     webapp.mount(app)
-    if not settings.tokens:
-        app.add_middleware(LocalHostOnlyMiddleware, allowed=settings.hosts)
+    app.add_middleware(LocalHostOnlyMiddleware, allowed=settings.hosts, local=local_mode)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from runnel.api.deps import ServicesDep, UserDep
+from runnel.api.deps import PrincipalDep, ServicesDep, UserDep
 from runnel.api.replies import event_stream, finished_reply, last_event_id, wants_stream
 from runnel.api.schemas import (
     ConversationChanges,
@@ -67,9 +67,11 @@ async def send(
     body: UserMessage,
     request: Request,
     services: ServicesDep,
-    user: UserDep,
+    user: PrincipalDep,
 ) -> Any:
-    generation = await services.chat.send(user, conversation_id, body.content, body.model)
+    generation = await services.chat.send(
+        user.id, conversation_id, body.content, body.model, user.limits
+    )
     return await _deliver(generation, request, services)
 
 
@@ -78,11 +80,11 @@ async def regenerate(
     conversation_id: str,
     request: Request,
     services: ServicesDep,
-    user: UserDep,
+    user: PrincipalDep,
     body: Regenerate | None = None,
 ) -> Any:
     model = body.model if body else None
-    generation = await services.chat.regenerate(user, conversation_id, model)
+    generation = await services.chat.regenerate(user.id, conversation_id, model, user.limits)
     return await _deliver(generation, request, services)
 
 

@@ -1,4 +1,4 @@
-"""What handlers receive: the services built in the lifespan, and the current user."""
+"""What handlers receive: the services built in the lifespan, and the current principal."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from runnel.api.auth import Authenticator, current_user
+from runnel.accounts.records import Principal
+from runnel.accounts.service import AccountService
+from runnel.api.auth import current_admin, current_principal, current_user
 from runnel.broker import Broker
 from runnel.chat import ChatService
 from runnel.generation import GenerationService
@@ -25,15 +27,17 @@ class Services:
     registry: Registry
     generations: GenerationService
     chat: ChatService
-    auth: Authenticator
+    accounts: AccountService
     metrics: Metrics
 
 
 async def services(request: Request) -> Services:
-    """``async``, like ``current_user``: a plain function would run in a worker thread."""
+    """``async``, like ``current_principal``: a plain function would run in a worker thread."""
     found: Services = request.app.state.runnel
     return found
 
 
 ServicesDep = Annotated[Services, Depends(services)]
 UserDep = Annotated[str, Depends(current_user)]
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+AdminDep = Annotated[Principal, Depends(current_admin)]

@@ -10,9 +10,28 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
+from runnel.api.schemas import ErrorBody
 from runnel.errors import RunnelError
 
 log = logging.getLogger(__name__)
+
+# the error answers any endpoint may give, in the OpenAPI schema (DESIGN §4)
+DOCUMENTED: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (400, "invalid request, unknown model, prompt too long"),
+        (401, "no or bad credentials"),
+        (403, "not allowed (a role, a disabled account, a cross-site request)"),
+        (404, "unknown, or someone else's"),
+        (409, "a stream in progress, a name taken"),
+        (422, "the body does not match the schema"),
+        (429, "a limit of this server or of the provider"),
+        (500, "a bug"),
+        (502, "the provider failed"),
+        (503, "overloaded or shutting down"),
+        (504, "the provider timed out"),
+    )
+}
 
 
 def error_response(

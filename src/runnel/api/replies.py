@@ -54,6 +54,7 @@ async def event_stream(
         heartbeat=settings.heartbeat_interval,
         retry_ms=settings.sse_retry_ms,
         send_timeout=settings.send_timeout,
+        padded=settings.stream_padding,
     )
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runnel.accounts.records import ApiKey, User
 from runnel.store.records import Conversation, Message
 
 
@@ -48,6 +49,45 @@ class Regenerate(Body):
 
 class CancelBody(Body):
     last_event_id: int | None = Field(default=None, alias="lastEventId", ge=0)
+
+
+class Credentials(Body):
+    username: str = Field(max_length=1000)
+    password: str = Field(max_length=1000)
+
+
+class NewUser(Credentials):
+    role: Literal["admin", "user"] = "user"
+
+
+class LimitChanges(Body):
+    max_streams: int | None = Field(default=None, alias="maxStreams", ge=0, le=1_000_000)
+    messages_per_minute: int | None = Field(
+        default=None, alias="messagesPerMinute", ge=0, le=1_000_000
+    )
+    output_tokens_per_day: int | None = Field(
+        default=None, alias="outputTokensPerDay", ge=0, le=10**12
+    )
+
+
+class UserChanges(Body):
+    disabled: bool | None = None
+    role: Literal["admin", "user"] | None = None
+    password: str | None = Field(default=None, max_length=1000)
+    limits: LimitChanges | None = None
+
+
+class NewKey(Body):
+    name: str = Field(max_length=1000)
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
 
 
 def iso(ms: int) -> str:
@@ -97,4 +137,33 @@ def message_json(message: Message) -> dict[str, Any]:
         "error": error,
         "createdAt": iso(message.created_at),
         "updatedAt": iso(message.updated_at),
+    }
+
+
+def user_json(user: User, *, limits: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": user.id,
+        "username": user.username,
+        "role": user.role,
+        "disabled": user.disabled,
+        "pending": user.pending,
+        "createdAt": iso(user.created_at),
+        "lastSeenAt": iso(user.last_seen_at) if user.last_seen_at is not None else None,
+    }
+    if limits:
+        body["limits"] = {
+            "maxStreams": user.limits.max_streams,
+            "messagesPerMinute": user.limits.messages_per_minute,
+            "outputTokensPerDay": user.limits.output_tokens_per_day,
+        }
+    return body
+
+
+def key_json(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "createdAt": iso(key.created_at),
+        "lastUsedAt": iso(key.last_used_at) if key.last_used_at is not None else None,
     }

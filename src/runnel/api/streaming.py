@@ -59,6 +59,7 @@ class EventStreamResponse(Response):
         heartbeat: float,
         retry_ms: int,
         send_timeout: float,
+        padded: bool = False,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.broker = broker
@@ -67,6 +68,7 @@ class EventStreamResponse(Response):
         self.heartbeat = heartbeat
         self.retry_ms = retry_ms
         self.send_timeout = send_timeout
+        self.padded = padded
         self.raw_headers = HEADERS + (extra_headers or [])
         self.status_code = 200
         self.background = None
@@ -101,7 +103,7 @@ class EventStreamResponse(Response):
         assert batch is not None
         chunk = sse.retry(self.retry_ms)
         if batch.events:
-            chunk += sse.encode(batch.events, batch.first_id)
+            chunk += sse.encode(batch.events, batch.first_id, self.padded)
         push = self._push if self._write is not None else None
         while True:
             timer = loop.call_later(self.send_timeout, self._give_up, reader)
@@ -118,7 +120,9 @@ class EventStreamResponse(Response):
                 break
             if batch is None or (batch.finished and not batch.events):
                 break  # expired while we waited, or over: nothing more will come
-            chunk = sse.encode(batch.events, batch.first_id) if batch.events else sse.PING
+            chunk = (
+                sse.encode(batch.events, batch.first_id, self.padded) if batch.events else sse.PING
+            )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _push(self, text: str, event_id: int) -> bool:
@@ -126,7 +130,8 @@ class EventStreamResponse(Response):
         reader (the connection cannot take it without waiting)."""
         assert self._write is not None
         try:
-            return self._write(sse.token(text, event_id))
+            event = sse.padded_token(text, event_id) if self.padded else sse.token(text, event_id)
+            return self._write(event)
         except (OSError, RuntimeError):  # the connection is going away: the reader sees it
             return False
 
@@ -197,6 +202,16 @@ class HandOff:
         slot: list[EventStreamResponse] = []
         # a copy: what the stack leaves in the scope (FastAPI's exit stacks, the route…) is
         # released with it, not kept by the server's scope for the stream's life
-        await self.app({**scope, HANDOFF: slot}, receive, send)
+        inner = {**scope, HANDOFF: slot}
+        if scope["method"] == "HEAD":
+            # HEAD works wherever GET does: the server (whose scope still says HEAD) sends
+            # the headers and drops the body; a stream is not followed
+            inner["method"] = "GET"
+        await self.app(inner, receive, send)
+        del inner
         if slot:
-            await slot.pop().send_body(receive, send)
+            response = slot.pop()
+            if scope["method"] == "HEAD":
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                await response.send_body(receive, send)

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from runnel.api.deps import ServicesDep, UserDep
+from runnel.api.deps import PrincipalDep, ServicesDep, UserDep
 from runnel.api.replies import event_stream, finished_reply, last_event_id, wants_stream
 from runnel.api.schemas import CancelBody, StatelessMessage
 from runnel.errors import InvalidRequest
@@ -17,10 +17,12 @@ router = APIRouter(prefix="/api/v1")
 
 @router.post("/messages", response_model=None)
 async def stateless(
-    body: StatelessMessage, request: Request, services: ServicesDep, user: UserDep
+    body: StatelessMessage, request: Request, services: ServicesDep, user: PrincipalDep
 ) -> Any:
     history: list[ChatMessage] = [{"role": h.role, "content": h.content} for h in body.history]
-    generation = await services.chat.send_stateless(user, body.message, history, body.model)
+    generation = await services.chat.send_stateless(
+        user.id, body.message, history, body.model, user.limits
+    )
     if wants_stream(request, services.settings):
         return await event_stream(services.broker, generation.stream_id, 0, services.settings)
     return await finished_reply(services.broker, generation.stream_id)

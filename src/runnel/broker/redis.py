@@ -358,6 +358,14 @@ class RedisBroker:
             raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
         return count
 
+    async def user_stream_ids(self, user_id: str) -> list[str]:
+        """The streams of ``user_id`` generating now, in any process."""
+        try:
+            found = await self._redis.zrangebyscore(_user(user_id), await self._now(), "+inf")
+        except (RedisError, OSError) as exc:
+            raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
+        return [item.decode() for item in found]
+
     async def alive(self, stream_id: str) -> bool:
         try:
             score = await self._redis.zscore(LEASES, stream_id)

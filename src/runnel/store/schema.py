@@ -1,9 +1,14 @@
-"""Tables. Written for both SQLite and PostgreSQL: string ids, integer millisecond times."""
+"""Tables. Written for both SQLite and PostgreSQL: string ids, integer millisecond times.
+
+A conversation's ``user_id`` is an account's id (``u_…``), the name of a
+``RUNNEL_API_TOKENS`` user, or ``local``. Sessions and API keys are stored as the SHA-256
+of their secret, never the secret itself; passwords as Argon2id hashes."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
@@ -55,4 +60,57 @@ messages = Table(
     Column("updated_at", BigInteger, nullable=False),
     Index("ix_messages_conversation_seq", "conversation_id", "seq", unique=True),
     Index("ix_messages_status", "status"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("username", String(64), nullable=False),
+    Column("username_key", String(64), nullable=False),  # lower case: unique ignoring case
+    Column("role", String(10), nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("disabled", Boolean, nullable=False),
+    Column("approved", Boolean, nullable=False),  # False: signed up, waiting for an admin
+    Column("max_streams", Integer, nullable=True),  # per-user limits; NULL: the default
+    Column("messages_per_minute", Integer, nullable=True),
+    Column("output_tokens_per_day", Integer, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("last_seen_at", BigInteger, nullable=True),
+    Index("ix_users_username_key", "username_key", unique=True),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", String(40), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_seen_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Index("ix_sessions_user", "user_id"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("user_id", String(40), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("prefix", String(16), nullable=False),  # the key's first characters, to tell keys apart
+    Column("key_hash", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_used_at", BigInteger, nullable=True),
+    Index("ix_api_keys_hash", "key_hash", unique=True),
+    Index("ix_api_keys_user", "user_id"),
+)
+
+# output tokens per user and UTC day, for the daily limit (one upsert per reply)
+usage = Table(
+    "usage",
+    metadata,
+    Column("user_id", String(200), primary_key=True),
+    Column("day", Integer, primary_key=True),  # days since 1970-01-01, UTC
+    Column("output_tokens", BigInteger, nullable=False),
 )

@@ -30,6 +30,8 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -37,7 +39,7 @@ from sqlalchemy.sql import ColumnElement, Update
 
 from runnel.errors import InvalidRequest, NotFound, StreamInProgress
 from runnel.store.records import Conversation, Message, NewMessage, ReplyOutcome
-from runnel.store.schema import conversations, messages
+from runnel.store.schema import conversations, messages, usage
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 0x72756E6E656C  # pg_advisory_xact_lock key held while migrating ("runnel")
@@ -362,6 +364,27 @@ class Store:
                 .values(active_stream_id=None)
             )
         return int(result.rowcount or 0)
+
+    # daily usage (for the per-user limit of output tokens per day)
+
+    async def add_usage(self, user_id: str, day: int, output_tokens: int) -> None:
+        values = {"user_id": user_id, "day": day, "output_tokens": output_tokens}
+        async with self.engine.begin() as conn:
+            make = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            statement = make(usage).values(values)
+            await conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[usage.c.user_id, usage.c.day],
+                    set_={
+                        "output_tokens": usage.c.output_tokens + statement.excluded.output_tokens
+                    },
+                )
+            )
+
+    async def usage_of(self, user_id: str, day: int) -> int:
+        query = select(usage.c.output_tokens).where(usage.c.user_id == user_id, usage.c.day == day)
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(query) or 0)
 
 
 def _interrupt(which: ColumnElement[bool], reason: str, stamp: int) -> Update:
