@@ -27,6 +27,10 @@ TEST_SETTINGS: dict[str, Any] = {
     "retry_base_delay": 0.01,
     "retry_max_delay": 0.05,
     "retry_budget": 2.0,
+    # cheap Argon2id hashes (the defaults cost 64 MiB and ~0.1 s each)
+    "password_time_cost": 1,
+    "password_memory_kib": 1024,
+    "password_parallelism": 1,
 }
 
 
