@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from runnel.accounts.records import Principal
@@ -14,7 +14,7 @@ from runnel.api.auth import (
     client_address,
     is_https,
     is_loopback,
-    refuse_cross_site,
+    same_site_only,
 )
 from runnel.api.deps import AdminDep, PrincipalDep, ServicesDep
 from runnel.api.schemas import (
@@ -28,6 +28,7 @@ from runnel.api.schemas import (
 from runnel.errors import Unauthorized
 
 router = APIRouter(prefix="/api/v1")
+SameSite = Depends(same_site_only)
 
 
 @router.get("/auth/state")
@@ -40,9 +41,8 @@ async def state(request: Request, services: ServicesDep) -> dict[str, Any]:
     }
 
 
-@router.post("/auth/signup", status_code=201)
+@router.post("/auth/signup", status_code=201, dependencies=[SameSite])
 async def signup(body: Credentials, request: Request, services: ServicesDep) -> JSONResponse:
-    refuse_cross_site(request)
     user = await services.accounts.sign_up(
         body.username, body.password, trusted=_trusted(request, services)
     )
@@ -52,9 +52,8 @@ async def signup(body: Credentials, request: Request, services: ServicesDep) -> 
     return response
 
 
-@router.post("/auth/login")
+@router.post("/auth/login", dependencies=[SameSite])
 async def login(body: Credentials, request: Request, services: ServicesDep) -> JSONResponse:
-    refuse_cross_site(request)
     user, token = await services.accounts.log_in(
         body.username, body.password, client_address(request)
     )
@@ -63,14 +62,11 @@ async def login(body: Credentials, request: Request, services: ServicesDep) -> J
     return response
 
 
-@router.post("/auth/logout", status_code=204)
+@router.post("/auth/logout", status_code=204, dependencies=[SameSite])
 async def logout(request: Request, services: ServicesDep) -> Response:
-    refuse_cross_site(request)
     await services.accounts.log_out(request.cookies.get(SESSION_COOKIE))
     response = Response(status_code=204)
-    response.delete_cookie(
-        SESSION_COOKIE, path="/", secure=is_https(request), httponly=True, samesite="lax"
-    )
+    response.headers.append("set-cookie", _cookie("", 0, is_https(request)))
     return response
 
 
@@ -153,12 +149,12 @@ def _trusted(request: Request, services: ServicesDep) -> bool:
 
 
 def _set_session(response: Response, request: Request, token: str, services: ServicesDep) -> None:
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=int(services.settings.session_lifetime),
-        path="/",
-        secure=is_https(request),
-        httponly=True,
-        samesite="lax",
-    )
+    lifetime = int(services.settings.session_lifetime)
+    response.headers.append("set-cookie", _cookie(token, lifetime, is_https(request)))
+
+
+def _cookie(token: str, max_age: int, secure: bool) -> str:
+    """The session cookie (a token is URL-safe base64: nothing to quote); an empty one with
+    ``Max-Age=0`` removes it."""
+    flags = "; Secure" if secure else ""
+    return f"{SESSION_COOKIE}={token}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age}{flags}"
