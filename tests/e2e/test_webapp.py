@@ -268,17 +268,20 @@ def test_json_replies_are_shown_when_streaming_is_off(serve: ServeFactory, page:
     )
 
 
-def test_the_token_prompt_when_the_server_requires_one(serve: ServeFactory, page: Page) -> None:
+def test_a_token_server_without_accounts_offers_the_first_account(
+    serve: ServeFactory, page: Page
+) -> None:
+    """Tokens are for programs: a browser on the server's machine is offered the first
+    account instead of a token prompt, and chats once it exists."""
     server = serve(api_tokens="tok-e2e:alice")
     page.goto(server.url)
-    dialog = page.get_by_test_id("token-dialog")
-    expect(dialog).to_be_visible()
-    page.get_by_test_id("token-input").fill("tok-e2e")
-    page.get_by_test_id("token-submit").click()
-    expect(dialog).to_have_count(0)
-    send(page, "hi with a token")
+    expect(page.get_by_test_id("signup-form")).to_contain_text("Create the first account")
+    page.get_by_test_id("signup-username").fill("alice")
+    page.get_by_test_id("signup-password").fill("a long password")
+    page.get_by_test_id("signup-submit").click()
+    send(page, "hi after signing up")
     expect(status_bar(page)).to_contain_text("Complete")
-    assert "tok-e2e" not in page.url
+    assert "password" not in page.url
 
 
 def test_conversations_rename_and_delete(serve: ServeFactory, page: Page) -> None:

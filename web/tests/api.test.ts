@@ -6,12 +6,10 @@ import {
   cancelStream,
   createConversation,
   deleteConversation,
-  getToken,
   listConversations,
   listModels,
   parseRetryAfter,
-  setToken,
-  setTokenPrompt,
+  setSignInHandler,
   updateConversation,
 } from "../src/lib/api";
 import { StreamError } from "../src/lib/types";
@@ -19,57 +17,47 @@ import { errorResponse, jsonResponse, stubFetch } from "./helpers";
 
 afterEach(() => {
   vi.unstubAllGlobals();
-  setToken(null);
-  setTokenPrompt(null);
+  setSignInHandler(null);
 });
 
-describe("token", () => {
-  it("lives in sessionStorage under runnel.token", () => {
-    expect(getToken()).toBeNull();
-    setToken("abc");
-    expect(sessionStorage.getItem("runnel.token")).toBe("abc");
-    expect(getToken()).toBe("abc");
-    setToken(null);
-    expect(sessionStorage.getItem("runnel.token")).toBeNull();
-    expect(getToken()).toBeNull();
-  });
-
-  it("is sent as a bearer header, never in the URL", async () => {
+describe("sign-in", () => {
+  it("relies on the same-origin cookie: no Authorization header, nothing in storage", async () => {
     const fetch = stubFetch(() => jsonResponse({ data: [], default: "demo/markdown" }));
-    setToken("t0k3n");
     await listModels();
     expect(fetch.calls[0]?.url).toBe("/api/v1/models");
-    expect(fetch.calls[0]?.headers.get("Authorization")).toBe("Bearer t0k3n");
-    expect(fetch.calls[0]?.url).not.toContain("t0k3n");
+    expect(fetch.calls[0]?.credentials).toBe("same-origin");
+    expect(fetch.calls[0]?.headers.has("Authorization")).toBe(false);
+    expect(sessionStorage.length).toBe(0);
+    expect(localStorage.length).toBe(0);
   });
 
-  it("asks once for concurrent 401s and retries each request once", async () => {
-    let valid = false;
-    const fetch = stubFetch((call) =>
-      call.headers.get("Authorization") === "Bearer good" || valid ? jsonResponse({ ok: true }) : errorResponse(401, "UNAUTHORIZED"),
-    );
-    const prompt = vi.fn(async () => {
-      valid = true;
-      return "good";
+  it("asks once for concurrent 401s and sends each request again once", async () => {
+    let signedIn = false;
+    const fetch = stubFetch(() => (signedIn ? jsonResponse({ ok: true }) : errorResponse(401, "UNAUTHORIZED")));
+    const handler = vi.fn(async () => {
+      signedIn = true;
+      return true;
     });
-    setTokenPrompt(prompt);
+    setSignInHandler(handler);
     const results = await Promise.all([apiJson("/a"), apiJson("/b"), apiJson("/c")]);
     expect(results).toEqual([{ ok: true }, { ok: true }, { ok: true }]);
-    expect(prompt).toHaveBeenCalledTimes(1);
-    expect(getToken()).toBe("good");
+    expect(handler).toHaveBeenCalledTimes(1);
     expect(fetch.calls).toHaveLength(6);
   });
 
-  it("rejects with UNAUTHORIZED when the prompt gives up", async () => {
+  it("rejects with UNAUTHORIZED when the person does not sign in", async () => {
     stubFetch(() => errorResponse(401, "UNAUTHORIZED"));
-    setTokenPrompt(async () => null);
+    setSignInHandler(async () => false);
     await expect(apiJson("/models")).rejects.toMatchObject({ code: "UNAUTHORIZED", status: 401 });
   });
 
-  it("returns the 401 as is without a prompt", async () => {
+  it("returns the 401 as is without a handler, or when asked not to prompt", async () => {
     stubFetch(() => errorResponse(401, "UNAUTHORIZED"));
-    const response = await apiFetch("/api/v1/models");
-    expect(response.status).toBe(401);
+    expect((await apiFetch("/api/v1/models")).status).toBe(401);
+    const handler = vi.fn(async () => true);
+    setSignInHandler(handler);
+    expect((await apiFetch("/api/v1/auth/login", { method: "POST" }, { signIn: false })).status).toBe(401);
+    expect(handler).not.toHaveBeenCalled();
   });
 });
 

@@ -127,6 +127,7 @@ export interface FetchCall {
   headers: Headers;
   body: unknown;
   signal: AbortSignal | null;
+  credentials: RequestCredentials | null;
 }
 
 type Reply = Response | FakeSse | Error;
@@ -148,6 +149,7 @@ export function stubFetch(fallback?: Handler) {
       headers: new Headers(init.headers),
       body,
       signal: init.signal ?? null,
+      credentials: init.credentials ?? null,
     };
     calls.push(call);
     const handler = queue.shift() ?? fallback;

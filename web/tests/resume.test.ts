@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { setSignInHandler } from "../src/lib/api";
 import { backoffDelay, DEFAULT_BACKOFF, followStream, type FollowHandlers, type ReconnectInfo } from "../src/lib/resume";
 import type { StreamRequest } from "../src/lib/sse";
 import type { StreamEvent } from "../src/lib/types";
@@ -46,6 +47,31 @@ afterEach(() => {
 });
 
 describe("followStream", () => {
+  it("a session that ended mid-stream: the resume waits for sign-in, then goes on from the last id", async () => {
+    const fetch = stubFetch();
+    fetch.next(serve(0, 4, { drop: true }));
+    fetch.next(errorResponse(401, "UNAUTHORIZED", "your session has ended; sign in again"));
+    fetch.next((call) => serve(Number(call.headers.get("Last-Event-ID") ?? "0"), LOG.length));
+    let signIn: (done: boolean) => void = () => undefined;
+    const handler = vi.fn(() => new Promise<boolean>((resolve) => (signIn = resolve)));
+    setSignInHandler(handler);
+    try {
+      const r = recorder();
+      const done = followStream(r.handlers, { request: first, random: () => 0 });
+      await vi.runAllTimersAsync();
+      expect(handler).toHaveBeenCalledTimes(1);
+      expect(r.text()).toBe(PIECES.slice(0, 3).join("")); // what arrived is kept while waiting
+      signIn(true);
+      await vi.runAllTimersAsync();
+      expect((await done).type).toBe("terminal");
+      expect(fetch.calls.map((c) => c.headers.get("Last-Event-ID"))).toEqual([null, "4", "4"]);
+      expect(r.text()).toBe(FULL);
+      expect(r.events.map(([id]) => id)).toEqual(LOG.map(([id]) => id));
+    } finally {
+      setSignInHandler(null);
+    }
+  });
+
   it("resumes after a drop at every point, with no duplicate and no gap", async () => {
     const last = LOG.length;
     for (let k = 1; k < last; k += 1) {

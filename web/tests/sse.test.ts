@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { openEventStream, type StreamHandlers, type StreamOutcome, type StreamRequest } from "../src/lib/sse";
-import { setToken, setTokenPrompt } from "../src/lib/api";
+import { setSignInHandler } from "../src/lib/api";
 import { StreamError, type JsonReply, type StreamEvent } from "../src/lib/types";
 import {
   FakeSse,
@@ -67,8 +67,7 @@ function expectFullStream(r: Recorder, outcome: StreamOutcome): void {
 afterEach(() => {
   vi.useRealTimers();
   vi.unstubAllGlobals();
-  setToken(null);
-  setTokenPrompt(null);
+  setSignInHandler(null);
 });
 
 describe("openEventStream: framing and decoding", () => {
@@ -190,8 +189,7 @@ describe("openEventStream: framing and decoding", () => {
 });
 
 describe("openEventStream: the request", () => {
-  it("sends Accept, JSON body, Authorization and Last-Event-ID", async () => {
-    setToken("secret-token");
+  it("sends Accept, JSON body, the cookie and Last-Event-ID", async () => {
     const sse = new FakeSse();
     const fetch = stubFetch();
     fetch.next(sse);
@@ -203,10 +201,10 @@ describe("openEventStream: the request", () => {
     expect(call?.method).toBe("POST");
     expect(call?.headers.get("Accept")).toBe("text/event-stream");
     expect(call?.headers.get("Content-Type")).toBe("application/json");
-    expect(call?.headers.get("Authorization")).toBe("Bearer secret-token");
+    expect(call?.credentials).toBe("same-origin");
+    expect(call?.headers.has("Authorization")).toBe(false);
     expect(call?.headers.get("Last-Event-ID")).toBe("7");
     expect(call?.body).toEqual({ message: "hi" });
-    expect(call?.url).not.toContain("secret-token");
   });
 
   it("sends no Authorization or Last-Event-ID when there is none", async () => {
@@ -221,27 +219,27 @@ describe("openEventStream: the request", () => {
     expect(fetch.calls[0]?.headers.has("Last-Event-ID")).toBe(false);
   });
 
-  it("asks for a token on 401 and retries once", async () => {
+  it("asks to sign in on 401 and sends the request again once", async () => {
     const fetch = stubFetch();
     const sse = new FakeSse();
     fetch.next(errorResponse(401, "UNAUTHORIZED"));
     fetch.next(sse);
-    const prompt = vi.fn(async () => "new-token");
-    setTokenPrompt(prompt);
+    const prompt = vi.fn(async () => true);
+    setSignInHandler(prompt);
     const r = recorder();
     const done = openEventStream(request, r.handlers);
     await flushAsync();
     sse.event(1, complete());
     expect((await done).type).toBe("terminal");
     expect(prompt).toHaveBeenCalledTimes(1);
-    expect(fetch.calls[1]?.headers.get("Authorization")).toBe("Bearer new-token");
+    expect(fetch.calls).toHaveLength(2);
     expect(fetch.calls[1]?.body).toEqual({ message: "hi" });
   });
 
-  it("gives up with UNAUTHORIZED when the prompt is dismissed", async () => {
+  it("gives up with UNAUTHORIZED when the sign-in is dismissed", async () => {
     const fetch = stubFetch();
     fetch.next(errorResponse(401, "UNAUTHORIZED"));
-    setTokenPrompt(async () => null);
+    setSignInHandler(async () => false);
     const r = recorder();
     const outcome = await openEventStream(request, r.handlers);
     expect(outcome.type).toBe("error");

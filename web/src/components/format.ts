@@ -33,3 +33,11 @@ export function shortTime(iso: string, now: number = Date.now()): string {
   if (diff < 6 * 24 * 60 * min) return date.toLocaleDateString(undefined, { weekday: "short" });
   return date.toLocaleDateString(undefined, { day: "numeric", month: "short" });
 }
+
+/** A date and time for settings pages ("7 Dec 2026, 14:03"); "—" when unknown. */
+export function formatDate(iso: string | null | undefined): string {
+  if (!iso) return "—";
+  const t = Date.parse(iso);
+  if (Number.isNaN(t)) return "—";
+  return new Date(t).toLocaleString(undefined, { day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit" });
+}

@@ -1,5 +1,6 @@
-// HTTP access to Runnel's API (docs/api.md): the bearer token, an authenticated fetch, JSON
-// helpers and the REST calls the UI needs. The streaming endpoints live in sse.ts.
+// HTTP access to Runnel's API (docs/api.md): fetch with the sign-in prompt on a 401, JSON
+// helpers and the REST calls the UI needs. The streaming endpoints live in sse.ts, the
+// account endpoints in accounts.ts.
 
 import {
   StreamError,
@@ -10,67 +11,36 @@ import {
 } from "./types";
 
 export const API_PREFIX = "/api/v1";
-const TOKEN_KEY = "runnel.token";
 
 // ---------------------------------------------------------------------------------------
-// Token
+// Sign-in
+//
+// The browser is authenticated by the session cookie alone (same-origin fetch sends it);
+// no credential is kept in script-readable storage or put in a header or URL.
 
-let memoryToken: string | null = null; // used when sessionStorage is unavailable
-let tokenPrompt: (() => Promise<string | null>) | null = null;
-let pendingPrompt: Promise<string | null> | null = null;
-
-function storage(): Storage | null {
-  try {
-    return typeof sessionStorage === "undefined" ? null : sessionStorage;
-  } catch {
-    return null; // e.g. storage disabled by the browser
-  }
-}
-
-/** The bearer token of this browser session, or null. */
-export function getToken(): string | null {
-  const store = storage();
-  if (store === null) return memoryToken;
-  try {
-    return store.getItem(TOKEN_KEY);
-  } catch {
-    return memoryToken;
-  }
-}
-
-/** Stores (or, with null or "", forgets) the bearer token for this browser session. */
-export function setToken(token: string | null): void {
-  const value = token === null || token.trim() === "" ? null : token.trim();
-  memoryToken = value;
-  const store = storage();
-  if (store === null) return;
-  try {
-    if (value === null) store.removeItem(TOKEN_KEY);
-    else store.setItem(TOKEN_KEY, value);
-  } catch {
-    // quota or privacy mode: the in-memory copy is used
-  }
-}
+let signInHandler: (() => Promise<boolean>) | null = null;
+let pendingSignIn: Promise<boolean> | null = null;
 
 /**
- * Registers the dialog that asks for a token. On a 401, `apiFetch` calls it (once, shared by
- * concurrent requests), stores the answer and retries once; `null` means give up.
+ * Registers what asks the person to sign in. On a 401, `apiFetch` calls it (once, shared by
+ * concurrent requests) and, when it resolves `true` (signed in), retries the request once;
+ * `false` means give up (the call rejects with `StreamError("UNAUTHORIZED")`).
  */
-export function setTokenPrompt(prompt: (() => Promise<string | null>) | null): void {
-  tokenPrompt = prompt;
+export function setSignInHandler(handler: (() => Promise<boolean>) | null): void {
+  signInHandler = handler;
 }
 
-function askForToken(prompt: () => Promise<string | null>): Promise<string | null> {
-  if (pendingPrompt === null) {
-    pendingPrompt = (async () => {
+function askToSignIn(handler: () => Promise<boolean>): Promise<boolean> {
+  if (pendingSignIn === null) {
+    pendingSignIn = (async () => {
       try {
-        return await prompt();
+        return await handler();
       } finally {
-        pendingPrompt = null;
+        pendingSignIn = null;
       }
     })();
   }
-  return pendingPrompt;
+  return pendingSignIn;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -82,40 +52,33 @@ export function apiUrl(path: string): string {
   return `${API_PREFIX}${path.startsWith("/") ? path : `/${path}`}`;
 }
 
-function withAuth(init: RequestInit, token: string | null): RequestInit {
-  const headers = new Headers(init.headers);
-  if (token !== null && token !== "") headers.set("Authorization", `Bearer ${token}`);
-  return { ...init, headers };
-}
-
 function discard(response: Response): void {
   response.body?.cancel().catch(() => undefined);
 }
 
+export interface FetchOptions {
+  /** Ask to sign in and retry on a 401 (default true; false for the sign-in calls themselves). */
+  signIn?: boolean;
+}
+
 /**
- * `fetch` with `Authorization: Bearer …` when a token is set (never in the URL). On a 401,
- * asks the registered token prompt once and retries once; rejects with
- * `StreamError("UNAUTHORIZED")` when the prompt gives up. Without a prompt the 401 response
- * is returned as is. Network failures and aborts reject as `fetch` does.
+ * `fetch` for the API, with the session cookie. On a 401, asks the registered sign-in
+ * handler once and retries once; rejects with `StreamError("UNAUTHORIZED")` when the person
+ * does not sign in. Without a handler (or with `signIn: false`) the 401 is returned as is.
+ * A request answered 401 changed nothing on the server, so sending it again never
+ * duplicates anything. Network failures and aborts reject as `fetch` does.
  */
-export async function apiFetch(path: string, init: RequestInit = {}): Promise<Response> {
+export async function apiFetch(path: string, init: RequestInit = {}, options: FetchOptions = {}): Promise<Response> {
   const url = apiUrl(path);
-  const sentWith = getToken();
-  const response = await fetch(url, withAuth(init, sentWith));
-  const prompt = tokenPrompt;
-  if (response.status !== 401 || prompt === null) return response;
+  const request: RequestInit = { credentials: "same-origin", ...init };
+  const response = await fetch(url, request);
+  const handler = signInHandler;
+  if (response.status !== 401 || handler === null || options.signIn === false) return response;
   discard(response);
-  let token = getToken();
-  if (token === null || token === sentWith) {
-    // Only ask when nobody has supplied a newer token since this request went out.
-    token = await askForToken(prompt);
-    if (token === null || token.trim() === "") {
-      throw new StreamError("UNAUTHORIZED", "a valid API token is required", { status: 401 });
-    }
-    setToken(token);
-    token = getToken();
+  if (!(await askToSignIn(handler))) {
+    throw new StreamError("UNAUTHORIZED", "sign in to continue", { status: 401 });
   }
-  return fetch(url, withAuth(init, token));
+  return fetch(url, request);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -175,13 +138,13 @@ function isAbort(error: unknown): boolean {
  * {status})`; a network failure with `StreamError("NETWORK_ERROR")`; an abort rejects with
  * the AbortError itself. A 204 resolves to `undefined`.
  */
-export async function apiJson<T>(path: string, init: RequestInit = {}): Promise<T> {
+export async function apiJson<T>(path: string, init: RequestInit = {}, options: FetchOptions = {}): Promise<T> {
   const headers = new Headers(init.headers);
   if (!headers.has("Accept")) headers.set("Accept", "application/json");
   if (typeof init.body === "string" && !headers.has("Content-Type")) headers.set("Content-Type", "application/json");
   let response: Response;
   try {
-    response = await apiFetch(path, { ...init, headers });
+    response = await apiFetch(path, { ...init, headers }, options);
   } catch (error) {
     if (error instanceof StreamError || isAbort(error)) throw error;
     throw new StreamError("NETWORK_ERROR", "the server could not be reached", { retryable: true, cause: error });
@@ -197,7 +160,7 @@ export async function apiJson<T>(path: string, init: RequestInit = {}): Promise<
   }
 }
 
-function jsonBody(method: string, body: unknown): RequestInit {
+export function jsonBody(method: string, body: unknown): RequestInit {
   return { method, body: JSON.stringify(body), headers: { "Content-Type": "application/json" } };
 }
 

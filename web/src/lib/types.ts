@@ -147,3 +147,61 @@ export interface CancelResult {
   streamId: string;
   status: "cancelling" | "finished";
 }
+
+// ---- accounts (docs/api.md#accounts) ------------------------------------------------
+
+export type Role = "admin" | "user";
+export type Via = "session" | "key" | "token" | "local";
+export type SignupMode = "closed" | "open" | "approval";
+
+export interface User {
+  id: string;
+  username: string;
+  role: Role;
+  disabled: boolean;
+  pending: boolean;
+  createdAt: string | null;
+  lastSeenAt: string | null;
+}
+
+/** Per-user limits: null = the server's default, 0 = no limit. */
+export interface UserLimits {
+  maxStreams: number | null;
+  messagesPerMinute: number | null;
+  outputTokensPerDay: number | null;
+}
+
+export interface AdminUser extends User {
+  limits: UserLimits;
+}
+
+export interface Me {
+  user: User;
+  via: Via;
+}
+
+export interface AuthState {
+  accounts: boolean;
+  signup: SignupMode;
+  canSignUp: boolean;
+}
+
+export interface ApiKey {
+  id: string;
+  name: string;
+  prefix: string;
+  createdAt: string;
+  lastUsedAt: string | null;
+}
+
+/** The answer of `POST /auth/keys`: the only time `key` is shown. */
+export interface NewApiKey extends ApiKey {
+  key: string;
+}
+
+export interface UserChanges {
+  disabled?: boolean;
+  role?: Role;
+  password?: string;
+  limits?: Partial<UserLimits>;
+}
