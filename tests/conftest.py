@@ -116,3 +116,21 @@ def require_service(env: str) -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{env} is not set, and CI must run this test")
     pytest.skip(f"{env} is not set")
+
+
+SECURITY_CASES: list[tuple[str, int]] = []
+
+
+@pytest.fixture
+def security_report() -> Callable[[str, int], None]:
+    """Record how many cases a security suite ran (shown at the end of the test report)."""
+
+    def record(suite: str, cases: int) -> None:
+        SECURITY_CASES.append((suite, cases))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for suite, cases in SECURITY_CASES:
+        terminalreporter.write_line(f"security: {suite} — {cases} cases")

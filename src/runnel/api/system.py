@@ -31,7 +31,17 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/metrics")
+METRICS_TYPES = {
+    "text/plain": {"schema": {"type": "string"}},
+    "application/openmetrics-text": {"schema": {"type": "string"}},
+}
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"description": "Prometheus metrics", "content": METRICS_TYPES}},
+)
 async def metrics(request: Request, services: ServicesDep) -> Response:
     """Prometheus metrics; like ``/healthz``, no token needed (no user data in it)."""
     body, content_type = services.metrics.render(request.headers.get("accept", ""))
