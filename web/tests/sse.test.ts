@@ -71,6 +71,20 @@ afterEach(() => {
 });
 
 describe("openEventStream: framing and decoding", () => {
+  it("ignores the padding of padded token events (stream_padding)", async () => {
+    const sse = new FakeSse();
+    stubFetch().next(sse);
+    const r = recorder();
+    const done = openEventStream(request, r.handlers);
+    sse.send(sseEvent(1, status()));
+    sse.send(sseEvent(2, { type: "token", content: "Hi", p: "........................" }));
+    sse.send(sseEvent(3, complete()));
+    sse.close();
+    expect((await done).type).toBe("terminal");
+    const tokens = r.events.filter(([, e]) => e.type === "token").map(([, e]) => (e.type === "token" ? e.content : ""));
+    expect(tokens).toEqual(["Hi"]);
+  });
+
   it("survives a split at every byte position", async () => {
     for (let split = 0; split <= BYTES.length; split += 1) {
       const sse = new FakeSse();
