@@ -117,6 +117,7 @@ def test_sign_up_validation_and_taken_names_store_nothing(serve: ServeFactory) -
             {"username": "bob smith", "password": PASSWORD},
             {"username": "b" * 65, "password": PASSWORD},
             {"username": "bøb", "password": PASSWORD},
+            {"username": "bob\n", "password": PASSWORD},
         ):
             response = client.post("/api/v1/auth/signup", json=body)
             assert response.status_code == 400, body

@@ -189,3 +189,25 @@ def test_isolation_across_two_processes(
         assert httpx2.get(f"{second}/api/v1/auth/me", headers=cookie, timeout=30).status_code == 200
         assert carol.post("/api/v1/auth/logout").status_code == 204
         assert httpx2.get(f"{second}/api/v1/auth/me", headers=cookie, timeout=30).status_code == 401
+
+
+@pytest.mark.postgres
+def test_disabling_a_user_stops_their_reply_on_another_process(
+    two_processes: tuple[str, str],
+) -> None:
+    first, second = two_processes
+    with closing(account(first, "admin")) as admin, closing(account(second, "dora", admin)) as dora:
+        cid = dora.post("/api/v1/conversations", json={}).json()["id"]
+        with open_stream(
+            dora, "POST", f"/api/v1/conversations/{cid}/messages", json={"content": "long"}
+        ) as live:
+            live.take(3)  # generating on the second process
+            (user,) = [
+                u for u in admin.get("/api/v1/users").json()["data"] if u["username"] == "dora"
+            ]
+            disabled = admin.patch(f"/api/v1/users/{user['id']}", json={"disabled": True})
+            assert disabled.status_code == 200
+            assert live.rest().terminal.data["finishReason"] == "cancelled"
+        assert dora.get("/api/v1/conversations").status_code == 401
+        stored = admin.patch(f"/api/v1/users/{user['id']}", json={"disabled": False})
+        assert stored.status_code == 200

@@ -58,7 +58,6 @@ class Principal:
     via: Via
     limits: Limits = field(default_factory=Limits)
     user: User | None = None  # the account, when there is one
-    session: str | None = None  # the hash of the session token (for logout)
 
     @property
     def is_admin(self) -> bool:

@@ -8,9 +8,11 @@ Modes (docs/security.md):
   token (a token acts as the account of the same name, if there is one).
 
 Whether an account exists is cached: for good once one is seen, otherwise re-read at most
-every ``ACCOUNTS_RECHECK`` seconds, so a first account made on another process is seen
-within that time. Every credential is looked up in the store on every request, so a
-logout, a revoked key or a disabled user stops working at once on every process.
+every ``ACCOUNTS_RECHECK`` seconds, so that a request with no credentials in local mode
+costs no query; a first account made on another process is seen within that time. Every
+credential that is presented is looked up in the store on every request, whatever the
+cache says, so a logout, a revoked key or a disabled user stops working at once on every
+process, and a session is never mistaken for the local user.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from runnel.ids import new_id
 from runnel.settings import Settings
 from runnel.store.sql import Store
 
-USERNAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+USERNAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # whole names only: fullmatch
 PASSWORD_MIN, PASSWORD_MAX = 8, 256
 KEY_NAME_MAX = 100
 ACCOUNTS_RECHECK = 1.0
@@ -99,12 +101,16 @@ class AccountService:
             if scheme.lower() != "bearer" or not secret:
                 raise Unauthorized("an Authorization: Bearer token is required")
             return await self._bearer(secret)
-        if cookie and await self.have_accounts():
+        if cookie:
+            # looked up whatever the cache says: a session proves accounts exist, and a
+            # first account made elsewhere a moment ago must not leave it treated as local
             user = await self.store.session_user(digest(cookie))
-            if user is None:
+            if user is not None:
+                self._accounts = True
+                _check_usable(user)
+                return _principal(user, "session")
+            if await self.have_accounts():
                 raise Unauthorized("your session has ended; sign in again")
-            _check_usable(user)
-            return _principal(user, "session", session=digest(cookie))
         if self._tokens or await self.have_accounts():
             raise Unauthorized("sign in, or send an Authorization: Bearer token or API key")
         return LOCAL
@@ -112,14 +118,16 @@ class AccountService:
     async def _bearer(self, secret: str) -> Principal:
         name = self.token_user(secret)
         if name is not None:
-            found = await self.store.user_with_hash(name) if await self.have_accounts() else None
+            found = await self.store.user_with_hash(name)
             if found is None:
                 return Principal(name, name, "user", "token")
+            self._accounts = True
             _check_usable(found[0])
             return _principal(found[0], "token")
-        if looks_like_api_key(secret) and await self.have_accounts():
+        if looks_like_api_key(secret):
             user = await self.store.key_user(digest(secret))
             if user is not None:
+                self._accounts = True
                 _check_usable(user)
                 return _principal(user, "key")
         raise Unauthorized("the token is not valid")
@@ -160,7 +168,7 @@ class AccountService:
         (only once the password was right)."""
         await self.throttle.check(username, address)
         found = None
-        if USERNAME.match(username) and len(password) <= PASSWORD_MAX:
+        if USERNAME.fullmatch(username) and len(password) <= PASSWORD_MAX:
             found = await self.store.user_with_hash(username)
         matches, rehash = await self.passwords.verify(found[1] if found else None, password)
         if not matches or found is None:
@@ -293,12 +301,8 @@ class AccountService:
         return {owner for _, owner in self._tokens}
 
 
-def _principal(
-    user: User, via: Literal["session", "key", "token"], session: str | None = None
-) -> Principal:
-    return Principal(
-        user.id, user.username, user.role, via, limits=user.limits, user=user, session=session
-    )
+def _principal(user: User, via: Literal["session", "key", "token"]) -> Principal:
+    return Principal(user.id, user.username, user.role, via, limits=user.limits, user=user)
 
 
 def _account_of(principal: Principal) -> User:
@@ -315,7 +319,7 @@ def _check_usable(user: User) -> None:
 
 
 def _check_username(username: str) -> None:
-    if not USERNAME.match(username):
+    if not USERNAME.fullmatch(username):
         raise InvalidRequest("a username is 1 to 64 characters: letters, digits, '.', '_' and '-'")
 
 
