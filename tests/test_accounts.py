@@ -159,6 +159,12 @@ def test_approval_mode_keeps_new_accounts_waiting(serve: ServeFactory) -> None:
 
         listed = {u["username"]: u for u in admin.get("/api/v1/users").json()["data"]}
         assert listed["carol"]["pending"] is True
+        # a null is "unchanged", never an approval
+        untouched = admin.patch(
+            f"/api/v1/users/{listed['carol']['id']}", json={"disabled": None, "role": None}
+        )
+        assert untouched.json()["user"]["pending"] is True
+        assert log_in(newcomer, "carol").status_code == 403
         approved = admin.patch(f"/api/v1/users/{listed['carol']['id']}", json={"disabled": False})
         assert approved.json()["user"]["pending"] is False
         assert log_in(newcomer, "carol").status_code == 200

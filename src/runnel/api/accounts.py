@@ -111,7 +111,8 @@ async def add_user(body: NewUser, _: AdminDep, services: ServicesDep) -> dict[st
 async def change_user(
     user_id: str, body: UserChanges, admin: AdminDep, services: ServicesDep
 ) -> dict[str, Any]:
-    changes = body.model_dump(exclude_unset=True)
+    # null for disabled, role or password means "unchanged"; inside limits, "the default"
+    changes = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
     if body.limits is not None:
         changes["limits"] = body.limits.model_dump(exclude_unset=True)
     user, disabled = await services.accounts.change_user(admin, user_id, changes)
