@@ -25,6 +25,7 @@ from runnel.broker import StreamMeta
 from runnel.broker.memory import MemoryBroker
 from runnel.events import Complete
 from runnel.settings import Settings
+from runnel.sse import NativeEncoder
 from tests.conftest import TEST_SETTINGS
 from tests.server import start
 from tests.sse_client import open_stream, stream
@@ -94,7 +95,7 @@ def test_without_a_handoff_the_response_sends_its_body_itself() -> None:
         first = await broker.read("s1", 0, timeout=0)
         assert first is not None
         return EventStreamResponse(
-            broker, "s1", first, heartbeat=5.0, retry_ms=1000, send_timeout=5.0
+            broker, "s1", first, heartbeat=5.0, send_timeout=5.0, encoder=NativeEncoder(1000)
         )
 
     app = Starlette(routes=[Route("/events", endpoint)])

@@ -1,4 +1,9 @@
-"""The only module that writes SSE text (DESIGN §3).
+"""The native SSE protocol (DESIGN §3), and what every event stream's encoder is.
+
+An ``Encoder`` turns a stream's typed events into the bytes of one SSE dialect:
+``NativeEncoder`` (here) writes Runnel's own protocol; ``runnel.dialects`` holds the others
+(OpenAI chat completion chunks, Responses events). The response that sends a stream
+(``api/streaming.py``) knows only this interface.
 
 Events are encoded with orjson into pre-built byte strings; a batch of events that a reader
 has not yet seen becomes one byte string, so a response does one ``send`` per flush.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Protocol
 
 import orjson
 
@@ -65,3 +71,37 @@ def encode(events: Sequence[Event], first_id: int, padded: bool = False) -> byte
             out.append(_OTHER % (first_id + i, orjson.dumps(to_wire(event))))
             i += 1
     return b"".join(out)
+
+
+class Encoder(Protocol):
+    """One response's writer of a stream's events (may keep state between calls)."""
+
+    def preamble(self) -> bytes:
+        """What goes out before the first event."""
+
+    def encode(self, events: Sequence[Event], first_id: int) -> bytes:
+        """The bytes of ``events``, the first of which has id ``first_id``."""
+
+    def token(self, text: str, event_id: int) -> bytes:
+        """The bytes of one token event (the path every live token takes)."""
+
+
+class NativeEncoder:
+    """Runnel's own protocol: ``retry:`` first, then ``id:``/``data:`` events."""
+
+    __slots__ = ("padded", "retry_ms")
+
+    def __init__(self, retry_ms: int, padded: bool = False) -> None:
+        self.retry_ms = retry_ms
+        self.padded = padded
+
+    def preamble(self) -> bytes:
+        return retry(self.retry_ms)
+
+    def encode(self, events: Sequence[Event], first_id: int) -> bytes:
+        return encode(events, first_id, self.padded)
+
+    def token(self, text: str, event_id: int) -> bytes:
+        return (
+            padded_token(text, event_id) if self.padded else _TOKEN % (event_id, orjson.dumps(text))
+        )

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from runnel.api.streaming import EventStreamResponse
-from runnel.broker import Broker
+from runnel.broker import Batch, Broker
 from runnel.errors import BY_CODE, Internal, InvalidRequest, NotFound
 from runnel.events import Complete, Error, Status, to_wire
 from runnel.metrics import Metrics
 from runnel.settings import Settings
+from runnel.sse import Encoder, NativeEncoder
 
 
 def wants_stream(request: Request, settings: Settings) -> bool:
@@ -47,19 +50,42 @@ async def event_stream(
         return Response(status_code=204)
     if after and metrics is not None:
         metrics.resumed()
+    encoder = NativeEncoder(settings.sse_retry_ms, settings.stream_padding)
+    return encoded_stream(broker, stream_id, first, settings, encoder)
+
+
+def encoded_stream(
+    broker: Broker,
+    stream_id: str,
+    first: Batch,
+    settings: Settings,
+    encoder: Encoder,
+    *,
+    on_gone: Callable[[], None] | None = None,
+    headers: dict[str, str] | None = None,
+) -> EventStreamResponse:
+    """The SSE response of a stream from ``first`` on, in ``encoder``'s dialect."""
     return EventStreamResponse(
         broker,
         stream_id,
         first,
         heartbeat=settings.heartbeat_interval,
-        retry_ms=settings.sse_retry_ms,
         send_timeout=settings.send_timeout,
-        padded=settings.stream_padding,
+        encoder=encoder,
+        on_gone=on_gone,
+        extra_headers=[(k.encode(), v.encode()) for k, v in (headers or {}).items()],
     )
 
 
-async def finished_reply(broker: Broker, stream_id: str) -> JSONResponse:
-    """Wait for the terminal event and answer with the whole reply (or its error)."""
+@dataclass(slots=True)
+class Collected:
+    status: Status | None
+    content: str
+    terminal: Complete | Error
+
+
+async def collect(broker: Broker, stream_id: str) -> Collected:
+    """Wait for the terminal event; the stream's status, text and end."""
     pieces: list[str] = []
     status: Status | None = None
     terminal: Complete | Error | None = None
@@ -76,7 +102,13 @@ async def finished_reply(broker: Broker, stream_id: str) -> JSONResponse:
                 status = event
             elif isinstance(event, Complete | Error):
                 terminal = event
-    content = "".join(pieces)
+    return Collected(status, "".join(pieces), terminal)
+
+
+async def finished_reply(broker: Broker, stream_id: str) -> JSONResponse:
+    """Wait for the terminal event and answer with the whole reply (or its error)."""
+    collected = await collect(broker, stream_id)
+    status, content, terminal = collected.status, collected.content, collected.terminal
     if isinstance(terminal, Error):
         error = BY_CODE.get(terminal.code, Internal)
         return JSONResponse(

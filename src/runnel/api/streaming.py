@@ -17,8 +17,9 @@ connection cannot take without waiting) wakes the reader, which sends it as befo
 A small race per response: the reader loop (read the log, send one chunk per flush) and a
 watcher of ``http.disconnect``; whichever ends first ends the other. A send that blocks
 longer than ``send_timeout`` (a reader that stopped reading) ends the response. Heartbeat
-comments go out when nothing was sent for ``heartbeat`` seconds. The bytes come from
-``runnel.sse``; this module only sends them.
+comments go out when nothing was sent for ``heartbeat`` seconds. The bytes come from the
+response's encoder (``runnel.sse.Encoder``: the native protocol or a dialect's); this module
+only sends them. ``on_gone`` is called when the client leaves before the stream's end.
 """
 
 from __future__ import annotations
@@ -57,18 +58,18 @@ class EventStreamResponse(Response):
         first: Batch,
         *,
         heartbeat: float,
-        retry_ms: int,
         send_timeout: float,
-        padded: bool = False,
+        encoder: sse.Encoder,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
+        on_gone: Callable[[], None] | None = None,
     ) -> None:
         self.broker = broker
         self.stream_id = stream_id
         self.first: Batch | None = first
         self.heartbeat = heartbeat
-        self.retry_ms = retry_ms
         self.send_timeout = send_timeout
-        self.padded = padded
+        self.encoder = encoder
+        self.on_gone = on_gone
         self.raw_headers = HEADERS + (extra_headers or [])
         self.status_code = 200
         self.background = None
@@ -88,23 +89,29 @@ class EventStreamResponse(Response):
         reader = asyncio.current_task()
         assert reader is not None
         watcher = asyncio.ensure_future(self._watch(receive, reader))
+        finished = False
         try:
-            await self._stream(send, reader)
+            finished = await self._stream(send, reader)
         except asyncio.CancelledError:
             if not self._gone:
                 raise
             reader.uncancel()
         finally:
             watcher.cancel()
+            if not finished and self.on_gone is not None:
+                self.on_gone()
 
-    async def _stream(self, send: Send, reader: asyncio.Task[Any]) -> None:
+    async def _stream(self, send: Send, reader: asyncio.Task[Any]) -> bool:
+        """Send the stream; True when its terminal event went out."""
         loop = asyncio.get_running_loop()
         batch, self.first = self.first, None  # held only until sent, like every batch
         assert batch is not None
-        chunk = sse.retry(self.retry_ms)
+        encoder = self.encoder
+        chunk = encoder.preamble()
         if batch.events:
-            chunk += sse.encode(batch.events, batch.first_id, self.padded)
+            chunk += encoder.encode(batch.events, batch.first_id)
         push = self._push if self._write is not None else None
+        finished = False
         while True:
             timer = loop.call_later(self.send_timeout, self._give_up, reader)
             try:
@@ -112,6 +119,7 @@ class EventStreamResponse(Response):
             finally:
                 timer.cancel()
             if batch is None or batch.finished:
+                finished = batch is not None
                 break
             position = batch.first_id + len(batch.events) - 1
             try:
@@ -119,19 +127,21 @@ class EventStreamResponse(Response):
             except RunnelError:  # the broker is unreachable: end here; the client resumes
                 break
             if batch is None or (batch.finished and not batch.events):
+                finished = batch is not None
                 break  # expired while we waited, or over: nothing more will come
-            chunk = (
-                sse.encode(batch.events, batch.first_id, self.padded) if batch.events else sse.PING
-            )
+            chunk = encoder.encode(batch.events, batch.first_id) if batch.events else sse.PING
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return finished
 
     def _push(self, text: str, event_id: int) -> bool:
         """Write a token now, from the writer's task; False when it must wait for the
         reader (the connection cannot take it without waiting)."""
         assert self._write is not None
         try:
-            event = sse.padded_token(text, event_id) if self.padded else sse.token(text, event_id)
-            return self._write(event)
+            data = self.encoder.token(text, event_id)
+            # an encoder may have nothing to send for a token (a resume past it); an empty
+            # chunk would end the chunked body
+            return self._write(data) if data else True
         except (OSError, RuntimeError):  # the connection is going away: the reader sees it
             return False
 
