@@ -8,6 +8,7 @@ generation service. Ownership is checked here: another user's conversation or st
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,19 +108,107 @@ class ChatService:
         limits: Limits | None = None,
     ) -> Generation:
         self._check_message(message)
-        limit = self.settings.max_history_messages
-        if len(history) > limit:
-            raise InvalidRequest(f"history has {len(history)} messages; the limit is {limit}")
-        for item in history:
-            self._check_length(item["content"], "a history message")
-        self._check_history_size([*history, {"role": "user", "content": message}])
+        return await self.complete(
+            user_id, [*history, {"role": "user", "content": message}], model, limits
+        )
+
+    async def complete(
+        self,
+        user_id: str,
+        prompt: Sequence[ChatMessage],
+        model: str | None,
+        limits: Limits | None = None,
+        max_tokens: int | None = None,
+    ) -> Generation:
+        """A reply to ``prompt`` (the whole conversation, newest message last), stored
+        nowhere: the stateless endpoints and the dialects' unstored requests."""
+        limit = self.settings.max_history_messages + 1
+        if len(prompt) > limit:
+            raise InvalidRequest(f"the prompt has {len(prompt)} messages; the limit is {limit}")
+        if not any(item["role"] == "user" for item in prompt):
+            raise InvalidRequest("the prompt has no user message")
+        for item in prompt:
+            self._check_length(item["content"], "a message")
+        self._check_history_size(prompt)
         route = self.registry.resolve(model)
-        prompt: list[ChatMessage] = [*history, {"role": "user", "content": message}]
         limits = limits or Limits()
         await self.quotas.admit(user_id, limits)
         return await self.generations.start(
-            StartRequest(user_id, route, prompt, count_usage=self.quotas.daily_tokens(limits) > 0)
+            StartRequest(
+                user_id,
+                route,
+                list(prompt),
+                count_usage=self.quotas.daily_tokens(limits) > 0,
+                max_tokens=max_tokens,
+            )
         )
+
+    async def continue_with(
+        self,
+        user_id: str,
+        conversation: Conversation,
+        turn: Sequence[ChatMessage],
+        model: str | None,
+        *,
+        system_prompt: str | None = None,
+        limits: Limits | None = None,
+        max_tokens: int | None = None,
+    ) -> Generation:
+        """Append ``turn`` (user and assistant messages, a user message last) to a stored
+        conversation and reply to it; ``system_prompt`` replaces the conversation's for
+        this reply only."""
+        if not turn or turn[-1]["role"] != "user":
+            raise InvalidRequest("the input must end with a user message")
+        for item in turn:
+            if item["role"] == "system":
+                raise InvalidRequest("system messages go in the instructions")
+            self._check_length(item["content"], "a message")
+        self._check_message(turn[-1]["content"])
+        if system_prompt is not None:
+            self._check_length(system_prompt, "instructions")
+        conversation = await self._idle_conversation(user_id, conversation.id)
+        route = self.registry.resolve(model or conversation.model)
+        history = await self.store.list_messages(conversation.id)
+        title = None
+        if not history and conversation.title == DEFAULT_TITLE:
+            title = _title(turn[-1]["content"])
+        prompt = _prompt(conversation, history, system_prompt=system_prompt)
+        return await self._reply(
+            user_id,
+            conversation,
+            route,
+            self._window([*prompt, *turn]),
+            turn=turn,
+            title=title,
+            limits=limits,
+            max_tokens=max_tokens,
+        )
+
+    async def reply_of_stream(self, user_id: str, stream_id: str) -> Message:
+        """The stored reply a stream wrote, if the user's (else ``NotFound``)."""
+        message = await self.store.reply_of_stream(user_id, stream_id)
+        if message is None:
+            raise NotFound("no such reply")
+        return message
+
+    async def delete_reply(self, user_id: str, message: Message) -> None:
+        """Stop the reply if it is streaming, then delete its turn (user messages and
+        reply), and its conversation when nothing else is left in it."""
+        if message.status == "streaming" and message.stream_id is not None:
+            await self.cancel(user_id, message.stream_id, None)
+            await self.wait_for_end(message.stream_id)
+        await self.store.delete_turn(user_id, message.conversation_id, message.id)
+
+    async def wait_for_end(self, stream_id: str, timeout: float = 10.0) -> None:
+        """Wait (up to ``timeout`` s) until the stream's terminal event is logged."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        position = 0
+        while (left := deadline - loop.time()) > 0:
+            batch = await self.broker.read(stream_id, position, timeout=left, limit=1 << 20)
+            if batch is None or batch.finished:
+                return
+            position = batch.first_id + len(batch.events) - 1
 
     async def send(
         self,
@@ -139,7 +228,7 @@ class ChatService:
             conversation,
             route,
             self._window(_prompt(conversation, history, content)),
-            user_message=content,
+            turn=[{"role": "user", "content": content}],
             title=title,
             remember_model=route.model_id if model else None,
             limits=limits,
@@ -190,18 +279,18 @@ class ChatService:
         route: Route,
         prompt: list[ChatMessage],
         *,
-        user_message: str | None = None,
+        turn: Sequence[ChatMessage] = (),
         replace: str | None = None,
         title: str | None = None,
         remember_model: str | None = None,
         limits: Limits | None = None,
+        max_tokens: int | None = None,
     ) -> Generation:
         limits = limits or Limits()
         await self.quotas.admit(user_id, limits)
         stream_id, message_id = new_id("s"), new_id("m")
-        new = [NewMessage(message_id, "assistant", "", "streaming", route.model_id, stream_id)]
-        if user_message is not None:
-            new.insert(0, NewMessage(new_id("m"), "user", user_message, "complete"))
+        new = [NewMessage(new_id("m"), m["role"], m["content"], "complete") for m in turn]
+        new.append(NewMessage(message_id, "assistant", "", "streaming", route.model_id, stream_id))
         return await self.generations.start(
             StartRequest(
                 user_id,
@@ -216,6 +305,7 @@ class ChatService:
                 stream_id=stream_id,
                 message_id=message_id,
                 count_usage=self.quotas.daily_tokens(limits) > 0,
+                max_tokens=max_tokens,
             )
         )
 
@@ -312,11 +402,15 @@ class ChatService:
 
 
 def _prompt(
-    conversation: Conversation, history: Sequence[Message], new: str | None = None
+    conversation: Conversation,
+    history: Sequence[Message],
+    new: str | None = None,
+    system_prompt: str | None = None,
 ) -> list[ChatMessage]:
     prompt: list[ChatMessage] = []
-    if conversation.system_prompt:
-        prompt.append({"role": "system", "content": conversation.system_prompt})
+    system = conversation.system_prompt if system_prompt is None else system_prompt
+    if system:
+        prompt.append({"role": "system", "content": system})
     for message in history:
         if message.role == "assistant" and not message.content:
             continue

@@ -75,6 +75,7 @@ class StartRequest:
     stream_id: str = field(default_factory=lambda: new_id("s"))
     message_id: str = field(default_factory=lambda: new_id("m"))
     count_usage: bool = False  # add the reply's output tokens to its user's daily usage
+    max_tokens: int | None = None  # the caller's own limit, within the server's
 
     @property
     def model(self) -> str:
@@ -301,7 +302,7 @@ class GenerationService:
     async def _open(self, request: StartRequest) -> RoutedStream:
         began = time.monotonic()
         stream = await self.router.open(
-            request.route, request.prompt, max_tokens=self.settings.max_output_tokens
+            request.route, request.prompt, max_tokens=self._output_limit(request)
         )
         request.prompt = ()  # the router keeps it while it may still retry, then lets it go
         self.metrics.provider_opened(stream.model_id, time.monotonic() - began)
@@ -331,7 +332,7 @@ class GenerationService:
         append = self.broker.append
         stream_id = gen.stream_id
         pieces = gen.pieces
-        limit = self.settings.max_output_tokens
+        limit = self._output_limit(gen.request)
         monotonic = time.monotonic
         finish: Finish | None = None
         head = stream.head()
@@ -365,6 +366,10 @@ class GenerationService:
         if finish is None:
             return self._error(gen, Interrupted("the model's stream ended unexpectedly"))
         return self._complete(gen, finish.reason, finish.usage)
+
+    def _output_limit(self, request: StartRequest) -> int:
+        limit = self.settings.max_output_tokens
+        return limit if request.max_tokens is None else min(limit, request.max_tokens)
 
     def _first_token(self, gen: Generation, model: str) -> None:
         gen.first_token_at = gen.last_token_at

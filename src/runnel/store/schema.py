@@ -60,6 +60,7 @@ messages = Table(
     Column("updated_at", BigInteger, nullable=False),
     Index("ix_messages_conversation_seq", "conversation_id", "seq", unique=True),
     Index("ix_messages_status", "status"),
+    Index("ix_messages_stream", "stream_id"),
 )
 
 users = Table(

@@ -191,6 +191,47 @@ class Store:
             )
         return Message(**row) if row else None
 
+    async def reply_of_stream(self, user_id: str, stream_id: str) -> Message | None:
+        """The assistant message a stream wrote, in one of ``user_id``'s conversations."""
+        query = (
+            select(messages)
+            .join(conversations, conversations.c.id == messages.c.conversation_id)
+            .where(
+                messages.c.stream_id == stream_id,
+                messages.c.role == "assistant",
+                conversations.c.user_id == user_id,
+            )
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return Message(**row) if row else None
+
+    async def delete_turn(self, user_id: str, conversation_id: str, message_id: str) -> bool:
+        """Delete an assistant message and the user messages just before it (its turn); the
+        conversation too when nothing is left. True when the conversation went with it."""
+        async with self.engine.begin() as conn:
+            await _conversation(conn, user_id, conversation_id)
+            rows = (
+                await conn.execute(
+                    select(messages.c.id, messages.c.role)
+                    .where(messages.c.conversation_id == conversation_id)
+                    .order_by(messages.c.seq)
+                )
+            ).all()
+            ids = [row.id for row in rows]
+            if message_id not in ids:
+                return False
+            end = ids.index(message_id)
+            start = end
+            while start > 0 and rows[start - 1].role != "assistant":
+                start -= 1
+            doomed = ids[start : end + 1]
+            await conn.execute(delete(messages).where(messages.c.id.in_(doomed)))
+            if len(doomed) < len(ids):
+                return False
+            await conn.execute(delete(conversations).where(conversations.c.id == conversation_id))
+            return True
+
     # the life of a reply
 
     async def begin_reply(
