@@ -14,7 +14,7 @@ from starlette.types import ASGIApp
 from runnel import __version__, logs
 from runnel.accounts.service import AccountService
 from runnel.accounts.throttle import parse_window
-from runnel.api import accounts, conversations, errors, streams, system, webapp
+from runnel.api import accounts, conversations, errors, openai, streams, system, webapp
 from runnel.api.deps import Services
 from runnel.api.middleware import (
     LocalHostOnlyMiddleware,
@@ -129,6 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(conversations.router)
     app.include_router(accounts.router)
     app.include_router(system.router)
+    app.include_router(openai.router)
     webapp.mount(app)
     app.add_middleware(LocalHostOnlyMiddleware, allowed=settings.hosts, local=local_mode)
     app.add_middleware(SecurityHeadersMiddleware)

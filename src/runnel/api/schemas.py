@@ -90,6 +90,19 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    """An error under ``/v1``, as OpenAI's clients parse it."""
+
+    error: OpenAIErrorDetail
+
+
 def iso(ms: int) -> str:
     return (
         datetime.fromtimestamp(ms / 1000, UTC)

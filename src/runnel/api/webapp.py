@@ -12,7 +12,7 @@ from starlette.staticfiles import StaticFiles
 from runnel.errors import NotFound
 
 WEBAPP = Path(__file__).resolve().parent.parent / "webapp"
-RESERVED = ("api/", "healthz", "readyz", "metrics")
+RESERVED = ("api/", "v1/", "healthz", "readyz", "metrics")
 NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>Runnel</title>
 <p>The web app is not built. Run <code>scripts/serve</code> (it builds it), or
 <code>scripts/build-web</code>. The API is up at <code>/api/v1</code>.</p>"""
@@ -38,7 +38,7 @@ def mount(app: FastAPI, root: Path | None = None) -> None:
 
     @app.get("/{path:path}", include_in_schema=False, response_model=None)
     async def page(path: str) -> Response:
-        if path.startswith(RESERVED):
+        if path.startswith(RESERVED) or path == "v1":
             raise NotFound("no such endpoint")
         if not built:
             return HTMLResponse(NOT_BUILT, status_code=503)
