@@ -8,9 +8,11 @@ and reads the ``"<seq>:<ns>|"`` records that the fake upstream puts in each toke
 A relay may merge consecutive tokens into one event, so one event may carry several
 records; each record is timed on its own.
 
-Two readings of the body: ``openai`` (the upstream reached directly:
-``chat.completion.chunk`` deltas, ended by ``[DONE]``) and ``events`` (Runnel and the
-simple relay: ``{"type": "token", "content": …}``, ended by ``complete`` or ``error``).
+Three readings of the body: ``openai`` (the upstream reached directly, or Runnel's
+``/v1/chat/completions``: ``chat.completion.chunk`` deltas, ended by ``[DONE]``),
+``responses`` (Runnel's ``/v1/responses``: ``response.output_text.delta`` events, ended by
+``response.completed``) and ``events`` (Runnel and the simple relay: ``{"type": "token",
+"content": …}``, ended by ``complete`` or ``error``).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Request:
     """One stream to open: the bytes to send, how to read the reply, tokens expected."""
 
     data: bytes
-    kind: str  # "openai" or "events"
+    kind: str  # "openai", "responses" or "events"
     expected: int
 
 
@@ -102,7 +104,9 @@ class SSEStream(asyncio.Protocol):
         self._cskip = 0
         self._sbuf = b""
         self._carry = ""
-        self._on_data = self._openai if request.kind == "openai" else self._event
+        self._on_data = {"openai": self._openai, "responses": self._response}.get(
+            request.kind, self._event
+        )
 
     # -- connection --------------------------------------------------------------------
 
@@ -332,6 +336,21 @@ class SSEStream(asyncio.Protocol):
             self.finish(None if self.finish_reason == "stop" else f"finish {self.finish_reason}")
         elif kind == "error":
             self.fail(f"error event {event.get('code')}")
+
+    def _response(self, data: bytes, now: int) -> None:
+        try:
+            event = loads(data)
+            kind = event["type"]
+        except (ValueError, KeyError, TypeError):
+            self.fail("malformed event")
+            return
+        if kind == "response.output_text.delta":
+            self._tokens(event["delta"], now)
+        elif kind == "response.completed":
+            self.finish_reason = "stop"
+            self.finish()
+        elif kind in ("response.incomplete", "response.failed"):
+            self.fail(kind)
 
     def _tokens(self, content: str, now: int) -> None:
         """Time every ``seq:ns|`` record of one token event received at ``now``.

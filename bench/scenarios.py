@@ -4,8 +4,10 @@ Targets: ``direct`` (the load generator talks to the fake upstream itself — th
 the proof that the load generator keeps up), ``relay`` (bench/simple_relay.py, the
 straightforward app) and ``runnel`` (``python -m runnel serve``, stateless endpoint
 ``POST /api/v1/messages``); ``runnel-redis``, only when asked for, is Runnel with its event
-logs in Redis. Each scenario starts a fresh server process per target, pinned
-to CPU 0, and stops it afterwards.
+logs in Redis; ``runnel-openai`` and ``runnel-responses`` are Runnel through its OpenAI
+dialects (``POST /v1/chat/completions``, ``POST /v1/responses`` with ``store: false``: both
+unstored, like the stateless endpoint). Each scenario starts a fresh server process per
+target, pinned to CPU 0, and stops it afterwards.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ from bench.load import (
 )
 from bench.upstream import model_name
 
-TARGETS = ("direct", "relay", "runnel", "runnel-redis")
-DEFAULT_TARGETS = ("direct", "relay", "runnel")  # runnel-redis only when asked for
+TARGETS = ("direct", "relay", "runnel", "runnel-redis", "runnel-openai", "runnel-responses")
+DEFAULT_TARGETS = ("direct", "relay", "runnel")  # the others only when asked for
+RUNNEL_TARGETS = ("runnel", "runnel-redis", "runnel-openai", "runnel-responses")
 IDLE_BATCH = 500  # readers connecting at once (under the listen backlog)
 
 
@@ -112,6 +115,20 @@ class Target:
             path = "/v1/chat/completions"
             kind = "openai"
             headers = [("accept", "text/event-stream"), ("authorization", "Bearer sk-bench")]
+        elif self.name == "runnel-openai":
+            body = {
+                "model": f"openai/{model}",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            path = "/v1/chat/completions"
+            kind = "openai"
+            headers = [("accept", "text/event-stream")]
+        elif self.name == "runnel-responses":
+            body = {"model": f"openai/{model}", "stream": True, "store": False, "input": "hi"}
+            path = "/v1/responses"
+            kind = "responses"
+            headers = [("accept", "text/event-stream")]
         else:
             body = {"message": "hi", "model": f"openai/{model}"}
             path = "/api/v1/messages"
@@ -139,7 +156,7 @@ class Bench:
         base = f"http://127.0.0.1:{self.upstream_port}/v1"
         workdir = self.scratch / f"{label}-{name}"
         workdir.mkdir(parents=True, exist_ok=True)
-        if name in ("runnel", "runnel-redis"):
+        if name in RUNNEL_TARGETS:
             redis = {"RUNNEL_REDIS_URL": self.config.redis_url} if name == "runnel-redis" else {}
             env = clean_env(
                 RUNNEL_DATA_DIR=str(workdir / "data"),
