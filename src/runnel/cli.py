@@ -1,5 +1,6 @@
 """``runnel serve``: start uvicorn on the app (one process, or ``--workers N``). The drain
-on SIGTERM is the app's own (``runnel.api.signals``)."""
+on SIGTERM is the app's own (``runnel.api.signals``). ``runnel chat`` (``chat_cli``) is a
+client: it reads no server settings."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 import uvicorn
 from pydantic import ValidationError
 
-from runnel import __version__, logs, users_cli
+from runnel import __version__, chat_cli, logs, users_cli
 from runnel.api.app import create_app, settle_heap
 from runnel.api.auth import is_loopback
 from runnel.metrics import multiprocess_directory
@@ -36,11 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes (more than one needs RUNNEL_REDIS_URL and PostgreSQL)",
     )
     users_cli.add_parser(commands)
+    chat_cli.add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "chat":
+        return chat_cli.run(args)
     try:
         settings = Settings()
     except (ValidationError, ValueError) as exc:

@@ -1,0 +1,232 @@
+"""``runnel chat`` driven as a person would: in a pseudo-terminal (a real tty, so Ctrl-C is
+the terminal's SIGINT and the reply is rendered by Rich), and through a pipe."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import select
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import pytest
+
+from runnel.providers.demo import demo_reply
+from tests.conftest import ServeFactory
+from tests.proxy import CuttingProxy
+from tests.server import RunningServer
+
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[a-zA-Z]|\x1b\][^\x07]*\x07|\r")
+
+
+def chat_command(server: RunningServer, *args: str) -> list[str]:
+    return [sys.executable, "-m", "runnel", "chat", "--url", server.url, *args]
+
+
+class Terminal:
+    """A process on the slave side of a pty (its controlling terminal); we hold the master."""
+
+    def __init__(self, argv: list[str]) -> None:
+        master, slave = os.openpty()
+        os.set_blocking(master, False)
+
+        def controlling_tty() -> None:
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        env = {**os.environ, "COLUMNS": "100", "LINES": "40", "TERM": "xterm-256color"}
+        env.pop("RUNNEL_API_KEY", None)
+        self.process = subprocess.Popen(
+            argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            preexec_fn=controlling_tty,
+            env=env,
+            close_fds=True,
+        )
+        os.close(slave)
+        self.master = master
+        self.output = b""
+
+    def read(self, timeout: float = 0.1) -> None:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if ready:
+            try:
+                while chunk := os.read(self.master, 65536):
+                    self.output += chunk
+            except (BlockingIOError, OSError):
+                pass
+
+    def text(self) -> str:
+        return ANSI.sub(b"", self.output).decode(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 30.0, start: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while pattern not in self.text()[start:]:
+            assert self.process.poll() is None or time.monotonic() < deadline, self.text()
+            assert time.monotonic() < deadline, f"no {pattern!r} in:\n{self.text()}"
+            self.read()
+
+    def send(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def close(self) -> int:
+        """Wait for the process to end (reading what it writes meanwhile); its status."""
+        deadline = time.monotonic() + 30
+        try:
+            while self.process.poll() is None:
+                assert time.monotonic() < deadline, f"still running:\n{self.text()}"
+                self.read()
+            self.read(0)
+        finally:
+            os.close(self.master)
+        return self.process.returncode
+
+
+@pytest.fixture
+def terminal() -> Iterator[list[Terminal]]:
+    opened: list[Terminal] = []
+    yield opened
+    for term in opened:
+        if term.process.poll() is None:
+            term.process.kill()
+            term.process.wait()
+
+
+def conversations(server: RunningServer) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = httpx2.get(f"{server.url}/api/v1/conversations").json()["data"]
+    return listed
+
+
+def messages(server: RunningServer, conversation_id: str) -> list[dict[str, Any]]:
+    body = httpx2.get(f"{server.url}/api/v1/conversations/{conversation_id}").json()
+    found: list[dict[str, Any]] = body["messages"]
+    return found
+
+
+def test_one_question_through_a_pipe_prints_plain_text(server: RunningServer) -> None:
+    done = subprocess.run(
+        chat_command(server, "What is SSE?"), capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    reply = "".join(demo_reply("What is SSE?", server.settings.demo_reply_tokens))
+    assert done.stdout.decode() == reply + "\n"
+    assert b"\x1b[" not in done.stdout
+    (conversation,) = conversations(server)
+    assert messages(server, conversation["id"])[-1]["content"] == reply
+
+
+def test_a_dropped_connection_resumes(serve: ServeFactory) -> None:
+    """Cut again and again, the printed reply is the whole reply, each token once."""
+    server = serve(demo_tokens_per_second=800.0, demo_reply_tokens=300)
+    port = int(server.url.rsplit(":", 1)[1])
+    proxy = CuttingProxy(port, low=300, high=2500, seed=11).start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "runnel", "chat", "--url", proxy.url, "Cut me"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        proxy.close()
+    assert done.returncode == 0, done.stderr
+    assert proxy.cuts >= 2
+    assert done.stdout.decode() == "".join(demo_reply("Cut me", 300)) + "\n"
+
+
+def test_a_question_to_an_unknown_model_fails_cleanly(server: RunningServer) -> None:
+    done = subprocess.run(
+        chat_command(server, "--model", "demo/nope", "hi"),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert b"MODEL_NOT_FOUND" in done.stderr
+    assert done.stdout == b""
+    assert conversations(server) == []
+
+
+def test_continuing_a_conversation(server: RunningServer) -> None:
+    first = subprocess.run(
+        chat_command(server, "first"), capture_output=True, timeout=60, check=True
+    )
+    (conversation,) = conversations(server)
+    subprocess.run(
+        chat_command(server, "--conversation", conversation["id"], "second"),
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    contents = [m["content"] for m in messages(server, conversation["id"])]
+    assert contents[0] == "first"
+    assert contents[1] + "\n" == first.stdout.decode()
+    assert contents[2] == "second"
+
+
+def test_one_question_in_a_terminal(server: RunningServer, terminal: list[Terminal]) -> None:
+    term = Terminal(chat_command(server, "Render this"))
+    terminal.append(term)
+    term.wait_for("Hello from Runnel")  # the "## Hello from Runnel" heading, rendered
+    assert term.close() == 0
+    assert "## Hello" not in term.text()  # Markdown, not its source
+    (conversation,) = conversations(server)
+    assert messages(server, conversation["id"])[-1]["status"] == "complete"
+
+
+def test_ctrl_c_stops_the_reply_on_the_server(
+    serve: ServeFactory, terminal: list[Terminal]
+) -> None:
+    server = serve(demo_tokens_per_second=20.0, demo_reply_tokens=400)
+    term = Terminal(chat_command(server))
+    terminal.append(term)
+    term.wait_for("you>")
+    term.send(b"Tell me everything\r")
+    term.wait_for("Hello from Runnel")
+    term.send(b"\x03")  # Ctrl-C: the terminal sends SIGINT
+    term.wait_for("[stopped]")
+    start = term.text().index("[stopped]")
+    term.wait_for("you>", start=start)
+    (conversation,) = conversations(server)
+    reply = messages(server, conversation["id"])[-1]
+    assert reply["status"] == "cancelled"
+    assert reply["finishReason"] == "cancelled"
+    assert reply["content"]
+    whole = "".join(demo_reply("Tell me everything", 400))
+    assert whole.startswith(reply["content"])
+    assert len(reply["content"]) < len(whole)
+    # the session goes on: /history shows the stopped reply, /quit ends it
+    term.send(b"/history\r")
+    term.wait_for("Tell me everything", start=start)
+    term.send(b"/quit\r")
+    assert term.close() == 0
+
+
+def test_commands(server: RunningServer, terminal: list[Terminal]) -> None:
+    term = Terminal(chat_command(server))
+    terminal.append(term)
+    term.wait_for("you>")
+    term.send(b"/model\r")
+    term.wait_for("* demo/markdown")
+    term.send(b"/model demo/nope\r")
+    term.wait_for("unknown model 'demo/nope'")
+    term.send(b"one\r")
+    term.wait_for("Hello from Runnel")
+    term.wait_for("you>", start=term.text().index("Hello from Runnel"))
+    term.send(b"/new\r")
+    term.wait_for("a new conversation")
+    term.send(b"two\r")
+    mark = term.text().rindex("a new conversation")
+    term.wait_for("Hello from Runnel", start=mark)
+    term.wait_for("you>", start=term.text().rindex("Hello from Runnel"))
+    term.send(b"\x04")  # EOF at the prompt ends the session
+    assert term.close() == 0
+    assert len(conversations(server)) == 2
