@@ -142,6 +142,27 @@ def test_a_dropped_connection_resumes(serve: ServeFactory) -> None:
     assert done.stdout.decode() == "".join(demo_reply("Cut me", 300)) + "\n"
 
 
+def test_a_closed_pipe_stops_the_reply(serve: ServeFactory) -> None:
+    """``runnel chat … | head``: when the reader goes, the reply stops on the server, with
+    no traceback."""
+    server = serve(demo_tokens_per_second=40.0, demo_reply_tokens=400)
+    process = subprocess.Popen(
+        chat_command(server, "Pipe me"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    assert process.stdout.read(20)
+    process.stdout.close()
+    _, errors = process.communicate(timeout=60)
+    assert process.returncode == 141
+    assert errors == b""
+    (conversation,) = conversations(server)
+    deadline = time.monotonic() + 30
+    while (reply := messages(server, conversation["id"])[-1])["status"] == "streaming":
+        assert time.monotonic() < deadline, "the reply did not stop"
+        time.sleep(0.05)
+    assert reply["status"] == "cancelled"
+
+
 def test_a_question_to_an_unknown_model_fails_cleanly(server: RunningServer) -> None:
     done = subprocess.run(
         chat_command(server, "--model", "demo/nope", "hi"),

@@ -10,6 +10,7 @@ kept, in the conversation too — and a dropped connection resumes (the client d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Any, Protocol, TextIO
@@ -25,6 +26,7 @@ from runnel.client._protocol import DEFAULT_URL
 HELP = "/new a new conversation · /model [M] list or pick a model · /history · /quit"
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a pipe's writer killed by it
 
 
 def add_parser(commands: Any) -> None:
@@ -135,6 +137,11 @@ class Session:
                         if isinstance(event, Token):
                             output.update(reply.text, event.text)
                     break
+                except BrokenPipeError:
+                    # the reader of a pipe left (``| head``): no one reads the rest
+                    if reply.stream_id is not None and reply.terminal is None:
+                        reply.stop()
+                    raise
                 except KeyboardInterrupt:
                     if interrupted:  # a second Ctrl-C: stop waiting for the end
                         break
@@ -147,7 +154,8 @@ class Session:
             elif isinstance(end, Complete) and end.finish_reason != "stop":
                 note = "stopped" if end.finish_reason == "cancelled" else end.finish_reason
         finally:
-            output.end(note)
+            with contextlib.suppress(BrokenPipeError):
+                output.end(note)
         if isinstance(reply.terminal, Failed):
             return EXIT_ERROR
         return EXIT_INTERRUPTED if interrupted else 0
@@ -237,3 +245,8 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_ERROR
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            # Python would complain again when it flushes stdout at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
