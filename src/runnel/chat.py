@@ -69,6 +69,21 @@ class ChatService:
             new_id("c"), user_id, _title(title) or DEFAULT_TITLE, model, system_prompt
         )
 
+    async def conversation_of_client(
+        self, user_id: str, conversation_id: str, model: str | None
+    ) -> tuple[Conversation, bool]:
+        """The conversation a client names by an id of its own (``conversation_id`` is
+        derived from it), created on first use; True when this call created it."""
+        try:
+            return await self.store.get_conversation(user_id, conversation_id), False
+        except NotFound:
+            pass
+        if model is not None:
+            self.registry.resolve(model)
+        return await self.store.create_conversation_once(
+            conversation_id, user_id, DEFAULT_TITLE, model
+        )
+
     async def list_conversations(
         self, user_id: str, limit: int, cursor: str | None
     ) -> tuple[list[Conversation], str | None]:

@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     default_model: str | None = None
     api_tokens: str | None = None
     allowed_hosts: str = ""
+    cors_origins: str = ""
     signup: Literal["closed", "open", "approval"] = "closed"
     session_lifetime: float = Field(default=30 * 86400.0, gt=0)
     password_time_cost: int = Field(default=3, ge=1, le=20)
@@ -139,6 +140,12 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: str) -> str:
+        parse_origins(value)
+        return value
+
     @field_validator("api_tokens")
     @classmethod
     def _check_tokens(cls, value: str | None) -> str | None:
@@ -178,6 +185,10 @@ class Settings(BaseSettings):
         return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
     @property
+    def origins(self) -> frozenset[str]:
+        return parse_origins(self.cors_origins)
+
+    @property
     def tokens(self) -> dict[str, str]:
         return parse_api_tokens(self.api_tokens) if self.api_tokens else {}
 
@@ -186,6 +197,28 @@ def _config_path(init_settings: PydanticBaseSettingsSource) -> Path | None:
     init = init_settings()
     value: Any = init.get("config") or os.environ.get("RUNNEL_CONFIG")
     return Path(value).expanduser() if value else None
+
+
+def parse_origins(raw: str) -> frozenset[str]:
+    """``"http://localhost:5173, https://chat.example"`` → the exact origins (scheme, host,
+    port; never ``*``, no path)."""
+    origins = set()
+    for item in raw.split(","):
+        origin = item.strip().lower().rstrip("/")
+        if not origin:
+            continue
+        scheme, sep, rest = origin.partition("://")
+        if (
+            scheme not in ("http", "https")
+            or not sep
+            or not rest
+            or any(c in rest for c in "/?#*@ ")
+        ):
+            raise ValueError(
+                f"cors_origins: {item.strip()!r} is not an origin like https://chat.example"
+            )
+        origins.add(origin)
+    return frozenset(origins)
 
 
 def parse_api_tokens(raw: str) -> dict[str, str]:

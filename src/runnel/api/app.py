@@ -9,12 +9,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
 from runnel import __version__, logs
 from runnel.accounts.service import AccountService
 from runnel.accounts.throttle import parse_window
-from runnel.api import accounts, conversations, errors, openai, streams, system, webapp
+from runnel.api import (
+    accounts,
+    conversations,
+    errors,
+    openai,
+    streams,
+    system,
+    ui_chat,
+    webapp,
+)
 from runnel.api.deps import Services
 from runnel.api.middleware import (
     LocalHostOnlyMiddleware,
@@ -35,6 +45,13 @@ from runnel.settings import Settings
 from runnel.store.sql import Store
 
 log = logging.getLogger(__name__)
+# what a page of another origin may read of an answer
+CORS_EXPOSED = [
+    "retry-after",
+    "x-request-id",
+    "x-runnel-stream-id",
+    "x-vercel-ai-ui-message-stream",
+]
 
 
 class RunnelApp(FastAPI):
@@ -130,10 +147,22 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(accounts.router)
     app.include_router(system.router)
     app.include_router(openai.router)
+    app.include_router(ui_chat.router)
     webapp.mount(app)
     app.add_middleware(LocalHostOnlyMiddleware, allowed=settings.hosts, local=local_mode)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    if settings.origins:
+        # outermost: a preflight is answered before anything else looks at it
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=sorted(settings.origins),
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["authorization", "content-type", "last-event-id"],
+            expose_headers=CORS_EXPOSED,
+            max_age=600,
+        )
     return app
 
 

@@ -34,11 +34,14 @@ def is_loopback(host: str) -> bool:
 
 
 def cross_site(request: Request) -> str | None:
-    """Why a state-changing browser request is not from this site, or None."""
+    """Why a state-changing browser request is not from this site, or None. A page of an
+    origin in ``cors_origins`` counts as this site's own."""
+    origin = request.headers.get("origin")
+    if origin is not None and origin.lower() in request.app.state.runnel.settings.origins:
+        return None
     site = request.headers.get("sec-fetch-site")
     if site in ("cross-site", "same-site"):
         return f"Sec-Fetch-Site is {site}"
-    origin = request.headers.get("origin")
     if origin is not None and not _same_origin(origin, request):
         return "its Origin is not this server"
     return None

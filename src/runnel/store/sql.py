@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import ColumnElement, Update
 
@@ -121,6 +121,18 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(insert(conversations).values(row))
         return Conversation(**row)
+
+    async def create_conversation_once(
+        self, conversation_id: str, user_id: str, title: str, model: str | None
+    ) -> tuple[Conversation, bool]:
+        """Create the conversation unless another request just did (same id); either way,
+        the conversation, and True when this call created it."""
+        try:
+            return await self.create_conversation(
+                conversation_id, user_id, title, model, None
+            ), True
+        except IntegrityError:
+            return await self.get_conversation(user_id, conversation_id), False
 
     async def get_conversation(self, user_id: str, conversation_id: str) -> Conversation:
         async with self.engine.connect() as conn:
