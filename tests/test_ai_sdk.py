@@ -100,6 +100,13 @@ def test_a_chat_sends_and_regenerates(server: RunningServer) -> None:
     stored = messages_of(server, "chat-2")
     assert [m["role"] for m in stored] == ["user", "assistant"]
     assert stored[-1]["id"] == final[1]["id"]
+    # what a page loads the chat with
+    loaded = httpx2.get(f"{server.url}/api/v1/ui/chat/chat-2/messages").json()
+    assert [(m["id"], m["role"], m["parts"]) for m in loaded] == [
+        (m["id"], m["role"], [{"type": "text", "text": m["content"]}]) for m in stored
+    ]
+    assert loaded[1]["metadata"]["finishReason"] == "stop"
+    assert httpx2.get(f"{server.url}/api/v1/ui/chat/never-used/messages").json() == []
 
 
 def test_the_same_chat_id_of_two_users_is_two_conversations(serve: ServeFactory) -> None:

@@ -2,12 +2,15 @@
 dialect over the same chat service (``runnel.dialects.ai_sdk``).
 
 ``POST`` answers a chat's last user message (or regenerates its last reply) as a UI
-message stream; ``GET …/{chatId}/stream`` is the SDK's resume (204 when nothing is in
+message stream; ``GET …/{chatId}/messages`` is the chat so far, for a page to load;
+``GET …/{chatId}/stream`` is the SDK's resume (204 when nothing is in
 flight); ``POST …/{chatId}/stop`` stops the reply in flight — the SDK's own ``stop()`` only
 closes its connection, and a disconnect never stops a Runnel reply.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -39,6 +42,17 @@ async def chat(body: ai_sdk.UIChatRequest, services: ServicesDep, user: Principa
             await chat.delete_conversation(user.id, conversation.id)
         raise
     return await _stream(services, generation.stream_id)
+
+
+@router.get("/{chat_id}/messages")
+async def messages(chat_id: str, services: ServicesDep, user: UserDep) -> list[dict[str, Any]]:
+    """The chat's stored messages as ``UIMessage``s (``[]`` for a chat never used), to
+    load a page with; a reply in flight comes from the resume instead."""
+    try:
+        view = await services.chat.get_conversation(user, ai_sdk.conversation_of(user, chat_id))
+    except NotFound:
+        return []
+    return ai_sdk.ui_messages(view.messages)
 
 
 @router.get(

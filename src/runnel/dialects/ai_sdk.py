@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runnel.errors import InvalidRequest
 from runnel.events import Complete, Error, Event, FinishReason, Status
+from runnel.store.records import Message
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
 DONE = b"data: [DONE]\n\n"
@@ -91,6 +92,32 @@ def conversation_of(user_id: str, chat_id: str) -> str:
     id, so one client id names one conversation per user and no table maps them."""
     digest = hashlib.sha256(f"{user_id}\0{chat_id}".encode()).digest()
     return "c_" + base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
+
+
+def ui_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """A stored conversation as ``UIMessage``s, for a page that loads its chat. A reply
+    still streaming is left out: the resume replays it whole (kept, the replay's text part
+    would be added to it)."""
+    found: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system" or message.status == "streaming":
+            continue
+        if message.role == "assistant" and not message.content:
+            continue
+        item: dict[str, Any] = {
+            "id": message.id,
+            "role": message.role,
+            "parts": [{"type": "text", "text": message.content}],
+        }
+        if message.role == "assistant":
+            metadata: dict[str, Any] = {"finishReason": message.finish_reason or message.status}
+            if message.stream_id:
+                metadata["streamId"] = message.stream_id
+            if message.model:
+                metadata["model"] = message.model
+            item["metadata"] = metadata
+        found.append(item)
+    return found
 
 
 def _chunk(body: dict[str, Any]) -> bytes:
