@@ -84,6 +84,7 @@ def test_a_reply_through_the_transport(server: RunningServer) -> None:
     assert finish["finishReason"] == "stop"
     assert finish["messageMetadata"]["streamId"] == stored[-1]["streamId"]
     assert finish["messageMetadata"]["model"] == "demo/markdown"
+    assert finish["messageMetadata"]["firstTokenMs"] >= 0
     # only documented fields, none of them null
     for chunk in seen["chunks"]:
         assert None not in chunk.values(), chunk

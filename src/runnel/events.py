@@ -43,6 +43,7 @@ class Complete:
     usage: Usage | None = None
     completion_tokens: int = 0
     kept_through: int | None = None
+    first_token_ms: float | None = None  # from the reply's start to its first token
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,8 @@ def to_wire(event: Event) -> dict[str, Any]:
         }
         if event.kept_through is not None:
             wire["keptThrough"] = event.kept_through
+        if event.first_token_ms is not None:
+            wire["firstTokenMs"] = event.first_token_ms
         return wire
     return {
         "type": "error",
@@ -119,6 +122,7 @@ def from_wire(data: dict[str, Any]) -> Event:
             usage,
             usage.completion_tokens if usage else data.get("totalTokens", 0),
             data.get("keptThrough"),
+            data.get("firstTokenMs"),
         )
     return Error(
         data["code"], data["error"], data["retryable"], data["partial"], data.get("messageId")

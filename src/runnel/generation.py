@@ -398,7 +398,11 @@ class GenerationService:
     ) -> Complete:
         if kept_through is not None:
             del gen.pieces[max(0, kept_through - gen.status_id) :]
-        return Complete(gen.model, reason, gen.message_id, usage, len(gen.pieces), kept_through)
+        first = gen.first_token_at
+        first_ms = None if first is None else round((first - gen.started_at) * 1000, 1)
+        return Complete(
+            gen.model, reason, gen.message_id, usage, len(gen.pieces), kept_through, first_ms
+        )
 
     def _error(self, gen: Generation, exc: RunnelError) -> Error:
         if gen.failure is None:

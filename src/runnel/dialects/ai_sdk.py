@@ -195,6 +195,8 @@ class UIMessageEncoder:
         extra: dict[str, Any] = {"finishReason": event.finish_reason}
         if event.usage is not None:
             extra["usage"] = event.usage.to_wire()
+        if event.first_token_ms is not None:
+            extra["firstTokenMs"] = event.first_token_ms
         out.append(_chunk({"type": "text-end", "id": self.text_id}))
         out.append(_chunk({"type": "finish-step"}))
         out.append(
