@@ -11,8 +11,9 @@ records; each record is timed on its own.
 Three readings of the body: ``openai`` (the upstream reached directly, or Runnel's
 ``/v1/chat/completions``: ``chat.completion.chunk`` deltas, ended by ``[DONE]``),
 ``responses`` (Runnel's ``/v1/responses``: ``response.output_text.delta`` events, ended by
-``response.completed``) and ``events`` (Runnel and the simple relay: ``{"type": "token",
-"content": …}``, ended by ``complete`` or ``error``).
+``response.completed``), ``ui`` (Runnel's ``/api/v1/ui/chat``: the AI SDK's
+``text-delta`` chunks, ended by ``finish``) and ``events`` (Runnel and the simple relay:
+``{"type": "token", "content": …}``, ended by ``complete`` or ``error``).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Request:
     """One stream to open: the bytes to send, how to read the reply, tokens expected."""
 
     data: bytes
-    kind: str  # "openai", "responses" or "events"
+    kind: str  # "openai", "responses", "ui" or "events"
     expected: int
 
 
@@ -104,7 +105,7 @@ class SSEStream(asyncio.Protocol):
         self._cskip = 0
         self._sbuf = b""
         self._carry = ""
-        self._on_data = {"openai": self._openai, "responses": self._response}.get(
+        self._on_data = {"openai": self._openai, "responses": self._response, "ui": self._ui}.get(
             request.kind, self._event
         )
 
@@ -351,6 +352,25 @@ class SSEStream(asyncio.Protocol):
             self.finish()
         elif kind in ("response.incomplete", "response.failed"):
             self.fail(kind)
+
+    def _ui(self, data: bytes, now: int) -> None:
+        if data == b"[DONE]":
+            if not self.finish_reason:
+                self.fail("ended without finish")
+            return
+        try:
+            chunk = loads(data)
+            kind = chunk["type"]
+        except (ValueError, KeyError, TypeError):
+            self.fail("malformed chunk")
+            return
+        if kind == "text-delta":
+            self._tokens(chunk["delta"], now)
+        elif kind == "finish":
+            self.finish_reason = chunk.get("finishReason", "stop")
+            self.finish(None if self.finish_reason == "stop" else f"finish {self.finish_reason}")
+        elif kind == "error":
+            self.fail("error chunk")
 
     def _tokens(self, content: str, now: int) -> None:
         """Time every ``seq:ns|`` record of one token event received at ``now``.

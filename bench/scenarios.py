@@ -6,7 +6,9 @@ straightforward app) and ``runnel`` (``python -m runnel serve``, stateless endpo
 ``POST /api/v1/messages``); ``runnel-redis``, only when asked for, is Runnel with its event
 logs in Redis; ``runnel-openai`` and ``runnel-responses`` are Runnel through its OpenAI
 dialects (``POST /v1/chat/completions``, ``POST /v1/responses`` with ``store: false``: both
-unstored, like the stateless endpoint). Each scenario starts a fresh server process per
+unstored, like the stateless endpoint); ``runnel-ui`` is the AI SDK's ``POST
+/api/v1/ui/chat``, a new chat per stream (stored: a conversation and its messages are
+written, unlike the other targets). Each scenario starts a fresh server process per
 target, pinned to CPU 0, and stops it afterwards.
 """
 
@@ -17,6 +19,7 @@ import contextlib
 import json
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -45,9 +48,17 @@ from bench.load import (
 )
 from bench.upstream import model_name
 
-TARGETS = ("direct", "relay", "runnel", "runnel-redis", "runnel-openai", "runnel-responses")
+TARGETS = (
+    "direct",
+    "relay",
+    "runnel",
+    "runnel-redis",
+    "runnel-openai",
+    "runnel-responses",
+    "runnel-ui",
+)
 DEFAULT_TARGETS = ("direct", "relay", "runnel")  # the others only when asked for
-RUNNEL_TARGETS = ("runnel", "runnel-redis", "runnel-openai", "runnel-responses")
+RUNNEL_TARGETS = TARGETS[2:]
 IDLE_BATCH = 500  # readers connecting at once (under the listen backlog)
 
 
@@ -128,6 +139,12 @@ class Target:
             body = {"model": f"openai/{model}", "stream": True, "store": False, "input": "hi"}
             path = "/v1/responses"
             kind = "responses"
+            headers = [("accept", "text/event-stream")]
+        elif self.name == "runnel-ui":
+            user = {"id": "u", "role": "user", "parts": [{"type": "text", "text": "hi"}]}
+            body = {"id": uuid.uuid4().hex, "messages": [user], "model": f"openai/{model}"}
+            path = "/api/v1/ui/chat"
+            kind = "ui"
             headers = [("accept", "text/event-stream")]
         else:
             body = {"message": "hi", "model": f"openai/{model}"}
