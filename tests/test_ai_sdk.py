@@ -1,4 +1,5 @@
-"""``/api/v1/ui/chat`` driven by the real ``ai`` package from Node (``tests/node/``): its
+"""``/api/v1/ui/chat`` driven by the real ``ai`` package (5, 6 and 7) from Node
+(``tests/node/``): its
 ``DefaultChatTransport`` (every chunk checked by the SDK's own schema),
 ``readUIMessageStream`` and a ``Chat`` on ``AbstractChat``, against a real server; what
 they rebuild is compared with what the server stored."""
@@ -40,10 +41,14 @@ def node_ready() -> str:
     return node
 
 
-def drive(server: RunningServer, scenario: str, **options: Any) -> dict[str, Any]:
+SDKS = ["ai5", "ai", "ai7"]  # ai 5, 6 and 7 (tests/node/package.json)
+
+
+def drive(server: RunningServer, scenario: str, sdk: str = "ai", **options: Any) -> dict[str, Any]:
     done = subprocess.run(
         [node_ready(), "ui_chat.mjs", scenario, server.url, json.dumps(options)],
         cwd=NODE_DIR,
+        env={**os.environ, "AI_PACKAGE": sdk, "NODE_NO_WARNINGS": "1"},
         capture_output=True,
         timeout=90,
         check=False,
@@ -66,8 +71,9 @@ def reply_text(server: RunningServer, prompt: str) -> str:
     return "".join(demo_reply(prompt, server.settings.demo_reply_tokens))
 
 
-def test_a_reply_through_the_transport(server: RunningServer) -> None:
-    seen = drive(server, "send", chatId="chat-1", text="Hello SDK")
+@pytest.mark.parametrize("sdk", SDKS)
+def test_a_reply_through_the_transport(server: RunningServer, sdk: str) -> None:
+    seen = drive(server, "send", sdk, chatId="chat-1", text="Hello SDK")
     types = seen["types"]
     assert types[:3] == ["start", "start-step", "text-start"]
     assert types[-3:] == ["text-end", "finish-step", "finish"]
@@ -90,8 +96,9 @@ def test_a_reply_through_the_transport(server: RunningServer) -> None:
         assert None not in chunk.values(), chunk
 
 
-def test_a_chat_sends_and_regenerates(server: RunningServer) -> None:
-    seen = drive(server, "chat", chatId="chat-2", text="Once more", regenerate=True)
+@pytest.mark.parametrize("sdk", SDKS)
+def test_a_chat_sends_and_regenerates(server: RunningServer, sdk: str) -> None:
+    seen = drive(server, "chat", sdk, chatId="chat-2", text="Once more", regenerate=True)
     assert seen["errors"] == []
     assert seen["status"] == "ready"
     first, final = seen["first"], seen["messages"]
@@ -132,9 +139,10 @@ def test_the_same_chat_id_of_two_users_is_two_conversations(serve: ServeFactory)
         assert listed[0]["id"] == conversation_of("alice" if token == "tok-a" else "bob", "shared")
 
 
-def test_resume_mid_reply_replaces_the_message(serve: ServeFactory) -> None:
+@pytest.mark.parametrize("sdk", SDKS)
+def test_resume_mid_reply_replaces_the_message(serve: ServeFactory, sdk: str) -> None:
     server = serve(**SLOW)
-    seen = drive(server, "resume", chatId="chat-3", text="Resume me")
+    seen = drive(server, "resume", sdk, chatId="chat-3", text="Resume me")
     assert seen["errors"] == []
     roles = [m["role"] for m in seen["messages"]]
     assert roles == ["user", "assistant"], roles
@@ -156,9 +164,10 @@ def test_resume_with_nothing_in_flight_is_204(server: RunningServer) -> None:
     )
 
 
-def test_stop_ends_every_stream_with_finish(serve: ServeFactory) -> None:
+@pytest.mark.parametrize("sdk", SDKS)
+def test_stop_ends_every_stream_with_finish(serve: ServeFactory, sdk: str) -> None:
     server = serve(**SLOW)
-    seen = drive(server, "stop", chatId="chat-5", text="Stop me")
+    seen = drive(server, "stop", sdk, chatId="chat-5", text="Stop me")
     assert seen["stopStatus"] == 202
     assert seen["types"][-1] == "finish"
     finish = seen["chunks"][-1]
@@ -175,7 +184,7 @@ def test_stop_ends_every_stream_with_finish(serve: ServeFactory) -> None:
 def test_an_upstream_error_reaches_on_error(serve: ServeFactory, fake_openai: FakeOpenAI) -> None:
     fake_openai.script("gpt-4o", Script(tokens=["one ", "two ", "three"], error_after=2))
     server = serve(retry_attempts=1)
-    seen = drive(server, "chat", chatId="chat-6", text="fail", model="openai/gpt-4o")
+    seen = drive(server, "chat", "ai", chatId="chat-6", text="fail", model="openai/gpt-4o")
     assert len(seen["errors"]) == 1
     assert seen["status"] == "error"
     stored = messages_of(server, "chat-6")

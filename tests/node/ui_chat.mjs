@@ -2,12 +2,15 @@
 // validates every chunk with the SDK's own schema), readUIMessageStream, and a Chat built on
 // AbstractChat. Run by tests/test_ai_sdk.py:
 //
-//   node ui_chat.mjs <scenario> <server url> '<json options>'
+//   AI_PACKAGE=ai|ai5|ai7 node ui_chat.mjs <scenario> <server url> '<json options>'
 //
 // prints one JSON object (what the scenario saw) on stdout; the Python test checks it
-// against what the server stored.
+// against what the server stored. AI_PACKAGE picks the SDK's major version (ai 6 by
+// default; ai5 and ai7 are the same package at 5.x and 7.x, see package.json).
 
-import { AbstractChat, DefaultChatTransport, readUIMessageStream } from "ai";
+const { AbstractChat, DefaultChatTransport, readUIMessageStream } = await import(
+  process.env.AI_PACKAGE ?? "ai"
+);
 
 const [scenario, url, rawOptions] = process.argv.slice(2);
 const options = JSON.parse(rawOptions ?? "{}");
