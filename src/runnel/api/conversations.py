@@ -8,7 +8,14 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from runnel.api.deps import PrincipalDep, ServicesDep, UserDep
-from runnel.api.replies import event_stream, finished_reply, last_event_id, wants_stream
+from runnel.api.replies import (
+    event_stream,
+    finished_reply,
+    last_event_id,
+    started,
+    wants_async,
+    wants_stream,
+)
 from runnel.api.schemas import (
     ConversationChanges,
     NewConversation,
@@ -104,6 +111,8 @@ async def attach(
 
 
 async def _deliver(generation: Generation, request: Request, services: ServicesDep) -> Any:
+    if wants_async(request):
+        return started(generation)
     if wants_stream(request, services.settings):
         return await event_stream(services.broker, generation.stream_id, 0, services.settings)
     reply: JSONResponse = await finished_reply(services.broker, generation.stream_id)

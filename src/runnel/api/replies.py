@@ -13,6 +13,7 @@ from runnel.api.streaming import EventStreamResponse
 from runnel.broker import Batch, Broker
 from runnel.errors import BY_CODE, Internal, InvalidRequest, NotFound
 from runnel.events import Complete, Error, Status, to_wire
+from runnel.generation import Generation
 from runnel.metrics import Metrics
 from runnel.settings import Settings
 from runnel.sse import Encoder, NativeEncoder
@@ -20,6 +21,31 @@ from runnel.sse import Encoder, NativeEncoder
 
 def wants_stream(request: Request, settings: Settings) -> bool:
     return settings.streaming_enabled and "text/event-stream" in request.headers.get("accept", "")
+
+
+def wants_async(request: Request) -> bool:
+    """``Prefer: respond-async`` (RFC 7240): answer 202 once the reply started, and let the
+    client read it elsewhere (``GET /api/v1/streams/{id}``, a live feed)."""
+    prefer = request.headers.get("prefer", "")
+    return any(p.strip().lower() == "respond-async" for p in prefer.split(","))
+
+
+def started(generation: Generation) -> JSONResponse:
+    """The 202 of a reply started without a reader: where to read it."""
+    stream_id = generation.stream_id
+    return JSONResponse(
+        {
+            "streamId": stream_id,
+            "conversationId": generation.request.conversation_id,
+            "messageId": generation.message_id,
+            "model": generation.model,
+        },
+        status_code=202,
+        headers={
+            "Location": f"/api/v1/streams/{stream_id}",
+            "Preference-Applied": "respond-async",
+        },
+    )
 
 
 def last_event_id(request: Request) -> int | None:

@@ -7,7 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from runnel.api.deps import PrincipalDep, ServicesDep, UserDep
-from runnel.api.replies import event_stream, finished_reply, last_event_id, wants_stream
+from runnel.api.replies import (
+    event_stream,
+    finished_reply,
+    last_event_id,
+    started,
+    wants_async,
+    wants_stream,
+)
 from runnel.api.schemas import CancelBody, StatelessMessage
 from runnel.errors import InvalidRequest
 from runnel.providers.base import ChatMessage
@@ -23,6 +30,8 @@ async def stateless(
     generation = await services.chat.send_stateless(
         user.id, body.message, history, body.model, user.limits
     )
+    if wants_async(request):
+        return started(generation)
     if wants_stream(request, services.settings):
         return await event_stream(services.broker, generation.stream_id, 0, services.settings)
     return await finished_reply(services.broker, generation.stream_id)
