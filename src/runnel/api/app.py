@@ -47,6 +47,8 @@ from runnel.store.sql import Store
 log = logging.getLogger(__name__)
 # what a page of another origin may read of an answer
 CORS_EXPOSED = [
+    "location",
+    "preference-applied",
     "retry-after",
     "x-request-id",
     "x-runnel-stream-id",
