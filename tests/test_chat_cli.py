@@ -4,6 +4,7 @@ the terminal's SIGINT and the reply is rendered by Rich), and through a pipe."""
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import re
 import select
@@ -16,13 +17,17 @@ from typing import Any
 
 import httpx2
 import pytest
+from rich.console import Console
+from rich.markdown import Markdown
 
 from runnel.providers.demo import demo_reply
 from tests.conftest import ServeFactory
 from tests.proxy import CuttingProxy
 from tests.server import RunningServer
 
-ANSI = re.compile(rb"\x1b\[[0-9;?]*[a-zA-Z]|\x1b\][^\x07]*\x07|\r")
+# CSI sequences, OSC sequences (Rich's hyperlinks end with ST: ESC, backslash), and CRs
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[a-zA-Z]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\r")
+COLUMNS = 100
 
 
 def chat_command(server: RunningServer, *args: str) -> list[str]:
@@ -40,7 +45,7 @@ class Terminal:
             os.setsid()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-        env = {**os.environ, "COLUMNS": "100", "LINES": "40", "TERM": "xterm-256color"}
+        env = {**os.environ, "COLUMNS": str(COLUMNS), "LINES": "40", "TERM": "xterm-256color"}
         env.pop("RUNNEL_API_KEY", None)
         self.process = subprocess.Popen(
             argv,
@@ -72,6 +77,15 @@ class Terminal:
         while pattern not in self.text()[start:]:
             assert self.process.poll() is None or time.monotonic() < deadline, self.text()
             assert time.monotonic() < deadline, f"no {pattern!r} in:\n{self.text()}"
+            self.read()
+
+    def wait_for_prompt(self, count: int) -> None:
+        """Wait for the ``count``-th prompt: readline has the terminal then, so a control
+        character is read as typed (sent earlier, while the terminal was still in canonical
+        mode, an EOF would turn into a NUL byte when readline switches the mode)."""
+        deadline = time.monotonic() + 30.0
+        while self.text().count("you> ") < count:
+            assert time.monotonic() < deadline, f"no prompt {count} in:\n{self.text()}"
             self.read()
 
     def send(self, data: bytes) -> None:
@@ -193,6 +207,17 @@ def test_continuing_a_conversation(server: RunningServer) -> None:
     assert contents[2] == "second"
 
 
+def rendered(markdown: str) -> str:
+    """``markdown`` as Rich renders it on a terminal as wide as the test's, colours aside."""
+    out = io.StringIO()
+    Console(file=out, width=COLUMNS, color_system=None, highlight=False).print(Markdown(markdown))
+    return trimmed(out.getvalue())
+
+
+def trimmed(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.splitlines())
+
+
 def test_one_question_in_a_terminal(server: RunningServer, terminal: list[Terminal]) -> None:
     term = Terminal(chat_command(server, "Render this"))
     terminal.append(term)
@@ -200,7 +225,56 @@ def test_one_question_in_a_terminal(server: RunningServer, terminal: list[Termin
     assert term.close() == 0
     assert "## Hello" not in term.text()  # Markdown, not its source
     (conversation,) = conversations(server)
-    assert messages(server, conversation["id"])[-1]["status"] == "complete"
+    reply = messages(server, conversation["id"])[-1]
+    assert reply["status"] == "complete"
+    # the whole reply is printed, rendered, at the end (while it streamed, its tail was)
+    assert trimmed(term.text()).endswith(rendered(reply["content"]))
+
+
+def test_ctrl_c_stops_a_one_shot_question(serve: ServeFactory, terminal: list[Terminal]) -> None:
+    server = serve(demo_tokens_per_second=20.0, demo_reply_tokens=400)
+    term = Terminal(chat_command(server, "Stop soon"))
+    terminal.append(term)
+    term.wait_for("Hello from Runnel")
+    term.send(b"\x03")
+    assert term.close() == 130
+    assert "[stopped]" in term.text()
+    (conversation,) = conversations(server)
+    reply = messages(server, conversation["id"])[-1]
+    assert reply["status"] == "cancelled"
+    assert reply["content"]
+    assert trimmed(term.text()).endswith(rendered(reply["content"]) + "\n[stopped]")
+
+
+def test_ctrl_c_at_the_prompt_ends_the_session(
+    server: RunningServer, terminal: list[Terminal]
+) -> None:
+    term = Terminal(chat_command(server))
+    terminal.append(term)
+    term.wait_for("you>")
+    term.send(b"\x03")
+    assert term.close() == 0
+    assert "Traceback" not in term.text()
+
+
+def test_runnel_chat_is_a_client_only() -> None:
+    """``runnel chat`` imports nothing of the server (it starts fast, needs no settings);
+    a server that is not there is an error message, not a traceback."""
+    script = (
+        "import sys\n"
+        "from runnel.cli import main\n"
+        "code = main(['chat', '--url', 'http://127.0.0.1:9', 'hi'])\n"
+        "server = ('runnel.api', 'runnel.store', 'runnel.settings', 'runnel.generation',\n"
+        "          'uvicorn', 'fastapi', 'sqlalchemy')\n"
+        "print(code, sorted(m for m in sys.modules if m.startswith(server)))\n"
+    )
+    env = {**os.environ, "RUNNEL_DATABASE_URL": "not a database url"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, timeout=60, check=False, env=env
+    )
+    assert done.stdout.decode().split("\n")[0] == "1 []", done.stderr
+    assert b"runnel chat: no answer from http://127.0.0.1:9" in done.stderr
+    assert b"Traceback" not in done.stderr
 
 
 def test_ctrl_c_stops_the_reply_on_the_server(
@@ -234,20 +308,22 @@ def test_ctrl_c_stops_the_reply_on_the_server(
 def test_commands(server: RunningServer, terminal: list[Terminal]) -> None:
     term = Terminal(chat_command(server))
     terminal.append(term)
-    term.wait_for("you>")
+    term.wait_for_prompt(1)
     term.send(b"/model\r")
     term.wait_for("* demo/markdown")
+    term.wait_for_prompt(2)
     term.send(b"/model demo/nope\r")
     term.wait_for("unknown model 'demo/nope'")
+    term.wait_for_prompt(3)
     term.send(b"one\r")
-    term.wait_for("Hello from Runnel")
-    term.wait_for("you>", start=term.text().index("Hello from Runnel"))
+    term.wait_for_prompt(4)
+    assert "Hello from Runnel" in term.text()
     term.send(b"/new\r")
     term.wait_for("a new conversation")
+    term.wait_for_prompt(5)
     term.send(b"two\r")
-    mark = term.text().rindex("a new conversation")
-    term.wait_for("Hello from Runnel", start=mark)
-    term.wait_for("you>", start=term.text().rindex("Hello from Runnel"))
+    term.wait_for_prompt(6)
+    assert term.text().count("Hello from Runnel") >= 2
     term.send(b"\x04")  # EOF at the prompt ends the session
     assert term.close() == 0
     assert len(conversations(server)) == 2

@@ -1,6 +1,11 @@
 """``runnel serve``: start uvicorn on the app (one process, or ``--workers N``). The drain
-on SIGTERM is the app's own (``runnel.api.signals``). ``runnel chat`` (``chat_cli``) is a
-client: it reads no server settings."""
+on SIGTERM is the app's own (``runnel.api.signals``).
+
+``runnel chat`` (``chat_cli``) is a client: ``main`` hands it its arguments before anything
+of the server is imported or configured, so it reads no server settings and starts in a
+fraction of the time. That is why the server's modules are imported inside the functions
+that need them, not at the top of this one.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +15,19 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import uvicorn
-from pydantic import ValidationError
+from runnel import __version__, chat_cli
 
-from runnel import __version__, chat_cli, logs, users_cli
-from runnel.api.app import create_app, settle_heap
-from runnel.api.auth import is_loopback
-from runnel.metrics import multiprocess_directory
-from runnel.settings import Settings
+if TYPE_CHECKING:
+    from runnel.settings import Settings
 
 log = logging.getLogger("runnel")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from runnel import users_cli
+
     parser = argparse.ArgumentParser(prog="runnel", description="Runnel chat server")
     parser.add_argument("--version", action="version", version=f"runnel {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -42,9 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "chat":
-        return chat_cli.run(args)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["chat"]:
+        return chat_cli.main(arguments[1:])
+    args = build_parser().parse_args(arguments)
+    return serve_or_admin(args)
+
+
+def serve_or_admin(args: argparse.Namespace) -> int:
+    """``runnel serve`` and ``runnel users``: the commands that need the settings."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from runnel import logs, users_cli
+    from runnel.api.app import create_app, settle_heap
+    from runnel.api.auth import is_loopback
+    from runnel.settings import Settings
+
     try:
         settings = Settings()
     except (ValidationError, ValueError) as exc:
@@ -91,6 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve_workers(settings: Settings, host: str, port: int, workers: int) -> int:
     """Several worker processes on one port. They share nothing in memory, so the event
     logs must be in Redis and the store must take concurrent writers (PostgreSQL)."""
+    import uvicorn
+
+    from runnel.api.app import create_app
+    from runnel.metrics import multiprocess_directory
+
     if not settings.redis_url:
         print("runnel: --workers needs RUNNEL_REDIS_URL (the shared event log)", file=sys.stderr)
         return 2

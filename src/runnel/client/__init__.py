@@ -9,12 +9,29 @@
                 print(event.text, end="", flush=True)
 
 A reply whose connection drops is resumed by itself (``Last-Event-ID``, with backoff):
-the caller sees every token exactly once. It imports nothing of the server.
+the caller sees every token exactly once, in order. It imports nothing of the server, so
+it needs only httpx2 and orjson.
 """
 
-from runnel.client._protocol import Backoff
 from runnel.client.aio import AsyncClient, AsyncReply
-from runnel.client.errors import RunnelClientError, StreamLost
+from runnel.client.backoff import Backoff
+from runnel.client.errors import (
+    Conflict,
+    ContextTooLong,
+    Forbidden,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    Overloaded,
+    ProviderFailed,
+    RateLimited,
+    RunnelClientError,
+    ServerError,
+    StreamInProgress,
+    StreamLost,
+    Unauthorized,
+    Unreachable,
+)
 from runnel.client.events import Complete, Event, Failed, Status, Terminal, Token
 from runnel.client.sync import Client, Reply
 
@@ -24,12 +41,25 @@ __all__ = [
     "Backoff",
     "Client",
     "Complete",
+    "Conflict",
+    "ContextTooLong",
     "Event",
     "Failed",
+    "Forbidden",
+    "InvalidRequest",
+    "ModelNotFound",
+    "NotFound",
+    "Overloaded",
+    "ProviderFailed",
+    "RateLimited",
     "Reply",
     "RunnelClientError",
+    "ServerError",
     "Status",
+    "StreamInProgress",
     "StreamLost",
     "Terminal",
     "Token",
+    "Unauthorized",
+    "Unreachable",
 ]

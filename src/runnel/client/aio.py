@@ -1,11 +1,11 @@
 """``AsyncClient``: Runnel's native API from asyncio code, on httpx2 — the twin of
-``sync.py``'s ``Client`` (the same calls awaited, replies read with ``async for``, the same
-resume); what they share is in ``_protocol.py``."""
+``sync.py``'s ``Client``: the same calls awaited, replies read with ``async for``, the same
+resume. What they share is in ``_protocol.py``; the two are kept line for line alike."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, Self
 
 import httpx2
@@ -14,21 +14,23 @@ from runnel.client._protocol import (
     DEFAULT_URL,
     EVENT_STREAM,
     TIMEOUT,
-    Backoff,
     Call,
     Calls,
+    Reconnect,
     ReplyState,
     ReplyView,
-    SSEReader,
+    answer_to_reconnect,
     auth_headers,
-    no_way_back,
-    resumed,
 )
-from runnel.client.errors import from_answer
+from runnel.client._sse import SSEReader
+from runnel.client.backoff import Backoff
+from runnel.client.errors import from_answer, retry_after_seconds, unreachable
 from runnel.client.events import Complete, Event, Failed, Terminal
 
 
 class AsyncClient:
+    """A connection pool to one server; close it (or use ``async with``) when done."""
+
     def __init__(
         self,
         url: str = DEFAULT_URL,
@@ -55,7 +57,10 @@ class AsyncClient:
         await self._http.aclose()
 
     async def _json(self, call: Call) -> Any:
-        response = await self._http.request(call.method, call.path, json=call.body)
+        try:
+            response = await self._http.request(call.method, call.path, json=call.body)
+        except httpx2.TransportError as exc:
+            raise unreachable(self.url, exc) from exc
         if response.status_code >= 400:
             raise from_answer(
                 response.status_code, response.content, response.headers.get("retry-after")
@@ -71,14 +76,40 @@ class AsyncClient:
     ) -> dict[str, Any]:
         return dict(await self._json(Calls.create_conversation(title, model, system_prompt)))
 
+    async def iter_conversations(self, page_size: int = 50) -> AsyncGenerator[dict[str, Any], None]:
+        """Every conversation, newest first, a page at a time."""
+        cursor: str | None = None
+        while True:
+            page = await self._json(Calls.conversations(page_size, cursor))
+            for conversation in page["data"]:
+                yield conversation
+            cursor = page.get("nextCursor")
+            if not cursor:
+                return
+
     async def conversations(self, limit: int = 50) -> list[dict[str, Any]]:
-        return list((await self._json(Calls.conversations(limit)))["data"])
+        """The newest ``limit`` conversations (without their messages)."""
+        found: list[dict[str, Any]] = []
+        pages = self.iter_conversations(min(limit, 200))
+        async for conversation in pages:
+            found.append(conversation)
+            if len(found) == limit:
+                break
+        await pages.aclose()
+        return found
 
     async def conversation(self, conversation_id: str) -> dict[str, Any]:
-        """The conversation with its ``messages``."""
+        """The conversation with its ``messages`` and ``activeStreamId``."""
         return dict(await self._json(Calls.conversation(conversation_id)))
 
+    async def update_conversation(
+        self, conversation_id: str, title: str | None = None, model: str | None = None
+    ) -> dict[str, Any]:
+        """Rename it or change its model."""
+        return dict(await self._json(Calls.update_conversation(conversation_id, title, model)))
+
     async def delete_conversation(self, conversation_id: str) -> None:
+        """Delete it (its active reply, if any, is stopped)."""
         await self._json(Calls.delete_conversation(conversation_id))
 
     async def cancel(self, stream_id: str, last_event_id: int | None = None) -> str:
@@ -100,7 +131,8 @@ class AsyncClient:
         return await self._open(Calls.ask(message, history, model), ReplyState())
 
     def attach(self, stream_id: str, after: int = 0) -> AsyncReply:
-        """Read a stream (someone's reply, from another client too) after event ``after``."""
+        """Read a stream (someone's reply, from another client too) after event ``after``;
+        it connects when iterated."""
         return AsyncReply(self, ReplyState(stream_id=stream_id, last_id=after), None)
 
     async def _open(self, call: Call, state: ReplyState) -> AsyncReply:
@@ -108,10 +140,16 @@ class AsyncClient:
         request = self._http.build_request(
             call.method, call.path, json=call.body, headers={"accept": EVENT_STREAM}
         )
-        response = await self._http.send(request, stream=True)
+        try:
+            response = await self._http.send(request, stream=True)
+            if response.status_code != 200:
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+        except httpx2.TransportError as exc:
+            raise unreachable(self.url, exc) from exc
         if response.status_code != 200:
-            await response.aread()
-            await response.aclose()
             raise from_answer(
                 response.status_code, response.content, response.headers.get("retry-after")
             )
@@ -120,31 +158,33 @@ class AsyncClient:
     async def _reconnect(
         self, state: ReplyState, reader: SSEReader, stalled: int
     ) -> httpx2.Response | None:
-        """A new response reading ``state``'s stream after its last event; None when the
-        stream is over. Raises ``StreamLost`` after ``backoff.attempts`` tries (counting
-        the ``stalled`` connections in a row that brought nothing)."""
+        """A response reading ``state``'s stream after its last event; None when there is
+        no more to read. Raises ``StreamLost`` after ``backoff.attempts`` attempts in a
+        row, counting the ``stalled`` connections that brought nothing."""
         path = state.resume_path()
         if path is None:
-            raise no_way_back(state)
+            raise state.lost()
+        retry_after: float | None = None
         for attempt in range(stalled, self.backoff.attempts):
-            if attempt:
-                await asyncio.sleep(self.backoff.delay(attempt, reader.retry_ms))
+            wait = self.backoff.delay(attempt, reader.retry_ms, retry_after)
+            if wait:
+                await asyncio.sleep(wait)
+            request = self._http.build_request("GET", path, headers=state.resume_headers())
             try:
-                request = self._http.build_request("GET", path, headers=state.resume_headers())
                 response = await self._http.send(request, stream=True)
+                if response.status_code == 200:
+                    return response
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
             except httpx2.TransportError:
+                retry_after = None
                 continue
-            if response.status_code != 200:
-                await response.aread()
-                await response.aclose()
-            body = b"" if response.status_code == 200 else response.content
-            answer = resumed(response.status_code, body)
-            if answer is None:
+            if answer_to_reconnect(response.status_code, response.content) is Reconnect.OVER:
                 return None
-            if answer:
-                state.reconnects += 1
-                return response
-        raise no_way_back(state)
+            retry_after = retry_after_seconds(response.headers.get("retry-after"))
+        raise state.lost()
 
 
 class AsyncReply(ReplyView):
@@ -156,50 +196,67 @@ class AsyncReply(ReplyView):
     ) -> None:
         self._client = client
         self._state = state
-        self._response = response
+        self._response = response  # the answer that started it, not read yet
+        self._reading: httpx2.Response | None = None
         self._reader = SSEReader()
         self._stalled = 0  # connections in a row that brought nothing new
+        self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[Event]:
-        state = self._state
+        state, reader = self._state, self._reader
         while state.terminal is None:
-            if self._response is None:
-                self._response = await self._client._reconnect(state, self._reader, self._stalled)
-                if self._response is None:
+            # this loop owns the response it reads (an abandoned loop closes only its own)
+            response, self._response = self._response, None
+            if response is None:
+                if self._closed:
                     return
-            response, before = self._response, state.last_id
-            self._reader = reader = SSEReader()
+                response = await self._client._reconnect(state, reader, self._stalled)
+                if response is None:
+                    return
+            self._reading, before = response, state.last_id
+            state.connections += 1
+            reader.reset()
             try:
                 async for line in response.aiter_lines():
                     event = reader.line(line)
                     if event is not None and state.accept(event):
                         yield event
-                        if isinstance(event, Complete | Failed):
+                        if isinstance(event, Complete | Failed) or self._closed:
                             return
             except httpx2.TransportError:
                 pass  # dropped: the rest comes from a new connection
+            except httpx2.StreamClosed:
+                if not self._closed:
+                    raise
+                return  # closed by the caller, from its loop
             finally:
-                # ended, dropped, or left by the caller (break, Ctrl-C): iterating again
+                # ended, dropped, or left by the caller (break, cancelled): iterating again
                 # resumes after the last event handed out
                 await response.aclose()
-                self._response = None
+                if self._reading is response:
+                    self._reading = None
             self._stalled = 0 if state.last_id > before else self._stalled + 1
 
     async def wait(self) -> Terminal | None:
-        """Read to the end; the terminal event."""
+        """Read to the end; the terminal event (None if the stream ended without one)."""
         async for _ in self:
             pass
         return self._state.terminal
 
     async def stop(self, keep_shown: bool = False) -> str:
         """Stop the reply on the server; iterate on to read its end (``Complete`` with
-        ``finish_reason="cancelled"``). ``keep_shown``: keep only the events seen so far."""
+        ``finish_reason="cancelled"``). ``keep_shown``: keep only the events seen so far
+        (the server drops what it generated after them)."""
         return str((await self._client._json(self._cancel_call(keep_shown)))["status"])
 
     async def close(self) -> None:
-        if self._response is not None:
-            await self._response.aclose()
-            self._response = None
+        """Close its connection and end its iteration (the reply goes on on the server:
+        ``stop`` stops it; ``attach(stream_id, after=last_event_id)`` reads on)."""
+        self._closed = True
+        for response in (self._response, self._reading):
+            if response is not None:
+                await response.aclose()
+        self._response = self._reading = None
 
     async def __aenter__(self) -> Self:
         return self

@@ -1,13 +1,17 @@
 """The events of a reply's stream, as the client hands them to its caller (DESIGN §3).
 
-Small frozen records, one per SSE event; ``id`` is the event's id in its stream. A merged
-``token`` event (a reader that fell behind) is one ``Token`` with the id of its last token.
+Small frozen records, one per SSE event, named after the wire's ``type`` (``type`` is a
+class attribute: ``status`` → ``Status``, ``token`` → ``Token``, ``complete`` →
+``Complete``, ``error`` → ``Failed``, which is not called ``Error`` so that it is not taken
+for an exception). ``id`` is the event's id in its stream. A merged ``token`` event (a
+reader that fell behind) is one ``Token`` with the id of its last token. They mirror the
+server's ``runnel.events`` without importing it: the client stays light.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -16,6 +20,7 @@ import orjson
 class Status:
     """The stream started: the ids to resume and stop it by, the model that accepted."""
 
+    type: ClassVar[str] = "status"
     id: int
     stream_id: str
     conversation_id: str | None
@@ -25,6 +30,9 @@ class Status:
 
 @dataclass(frozen=True, slots=True)
 class Token:
+    """A piece of the reply's text (``Reply.text`` is all of them so far)."""
+
+    type: ClassVar[str] = "token"
     id: int
     text: str
 
@@ -34,6 +42,7 @@ class Complete:
     """The reply ended: ``finish_reason`` is ``stop``, ``length``, ``content_filter`` or
     ``cancelled``; ``kept_through`` only after a cancel that named the last event shown."""
 
+    type: ClassVar[str] = "complete"
     id: int
     finish_reason: str
     model: str
@@ -46,8 +55,10 @@ class Complete:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """The reply failed; ``partial``: some text came before (in a conversation, stored)."""
+    """The reply failed; ``partial``: some text came before (in a conversation, stored).
+    ``code`` is one of DESIGN §4's (``PROVIDER_ERROR``, ``INTERRUPTED``…)."""
 
+    type: ClassVar[str] = "error"
     id: int
     code: str
     message: str
@@ -61,7 +72,8 @@ Terminal = Complete | Failed
 
 
 def decode(event_id: int, data: str) -> Event | None:
-    """The event of one SSE ``data`` field (None for a type this client does not know)."""
+    """The event of one SSE ``data`` field (None for a type this client does not know).
+    Raises ``ValueError``, ``KeyError`` or ``TypeError`` for one it cannot read."""
     body: dict[str, Any] = orjson.loads(data)
     kind = body.get("type")
     if kind == "token":
