@@ -116,6 +116,10 @@ class LiveStream:
         self._raw.clear()
         return transcript
 
+    def items(self) -> Iterator[tuple[str, Any]]:
+        """What comes, one at a time: ("event", Event), ("comment", text), ("retry", ms)."""
+        return self._items
+
     def rest(self) -> Transcript:
         return self.take(None)
 

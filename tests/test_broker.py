@@ -285,3 +285,67 @@ def test_memory_a_reader_without_push_is_woken_for_every_token() -> None:
         assert await reader == Batch(1, ["a"], False)
 
     asyncio.run(main())
+
+
+@KINDS
+def test_notices_of_a_user_and_their_active_streams(kind: str) -> None:
+    user = f"u_{uuid.uuid4().hex}"
+
+    async def body(broker: Broker) -> None:
+        cursor, none = await broker.read_notices(user, None, 0)
+        assert none == []
+        assert await broker.active(user) == []
+        first = StreamMeta(f"s_{uuid.uuid4().hex}", user, "c_1", "m_1", "demo/markdown")
+        second = StreamMeta(f"s_{uuid.uuid4().hex}", user, None, "m_2", "demo/markdown")
+        other = StreamMeta(f"s_{uuid.uuid4().hex}", "someone else", "c_9", "m_9", "demo")
+        waiting = asyncio.ensure_future(broker.read_notices(user, cursor, 5))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        for m in (first, second, other):
+            await broker.create(m)
+        cursor, notices = await waiting  # woken by the first start
+        while len(notices) < 2:
+            cursor, more = await broker.read_notices(user, cursor, 2)
+            notices += more
+        assert notices == [
+            {"state": "started", "streamId": m.stream_id, "conversationId": m.conversation_id,
+             "messageId": m.message_id, "model": m.model}
+            for m in (first, second)
+        ]  # fmt: skip
+        assert sorted(a.stream_id for a in await broker.active(user)) == sorted(
+            [first.stream_id, second.stream_id]
+        )
+        broker.append(first.stream_id, "hi")
+        broker.append(first.stream_id, COMPLETE)
+        await broker.discard(second.stream_id)
+        ends: list[dict[str, object]] = []
+        while len(ends) < 2:
+            cursor, more = await broker.read_notices(user, cursor, 2)
+            ends += more
+        # (in no particular order across streams: Redis writes a terminal event later)
+        assert sorted((n["state"], n["streamId"]) for n in ends) == sorted(
+            [("ended", first.stream_id), ("ended", second.stream_id)]
+        )
+        assert await broker.active(user) == []
+        # notify adds to the same log; nothing waits past the timeout
+        await broker.notify(user, {"control": "f_1", "follow": {}, "unfollow": []})
+        cursor, more = await broker.read_notices(user, cursor, 2)
+        assert more == [{"control": "f_1", "follow": {}, "unfollow": []}]
+        started = time.monotonic()
+        assert await broker.read_notices(user, cursor, 0.2) == (cursor, [])
+        assert time.monotonic() - started >= 0.15
+
+    run(kind, body)
+
+
+@KINDS
+def test_open_feeds_are_known_by_their_user(kind: str) -> None:
+    async def body(broker: Broker) -> None:
+        feed = f"f_{uuid.uuid4().hex}"
+        assert await broker.feed_user(feed) is None
+        await broker.open_feed(feed, "alice")
+        assert await broker.feed_user(feed) == "alice"
+        await broker.close_feed(feed)
+        assert await broker.feed_user(feed) is None
+
+    run(kind, body)

@@ -60,6 +60,8 @@ def test_the_api_from_its_schema(
     for result in schema.get_all_operations():
         operation = result.ok()
         operations += 1
+        if operation.label == "GET /api/v1/live":
+            continue  # a valid request opens a feed that never ends (tests/test_live.py)
 
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(

@@ -76,6 +76,13 @@ class Metrics:
             registry=own,
             multiprocess_mode="livesum",
         )
+        self.open_event_streams = Gauge(
+            "runnel_open_event_streams",
+            "SSE responses open now: a reply's stream, or a live feed.",
+            ["kind"],
+            registry=own,
+            multiprocess_mode="livesum",
+        )
         self.time_to_first_token = Histogram(
             "runnel_time_to_first_token_seconds",
             "From the start of a generation to its first text from the provider.",

@@ -19,6 +19,7 @@ from runnel.api import (
     accounts,
     conversations,
     errors,
+    live,
     openai,
     streams,
     system,
@@ -118,9 +119,14 @@ def create_app(settings: Settings) -> FastAPI:
         generations.start_loops()
         draining: list[asyncio.Task[None]] = []
 
+        async def drain() -> None:
+            await generations.shutdown(settings.shutdown_grace)
+            # the feeds carry the generations' last events, then end
+            app.state.runnel.feeds.close_all()
+
         def start_drain() -> None:
             if not draining:
-                draining.append(asyncio.create_task(generations.shutdown(settings.shutdown_grace)))
+                draining.append(asyncio.create_task(drain()))
 
         restore_signals = drain_on_signals(start_drain)
         try:
@@ -150,6 +156,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(system.router)
     app.include_router(openai.router)
     app.include_router(ui_chat.router)
+    app.include_router(live.router)
     webapp.mount(app)
     app.add_middleware(LocalHostOnlyMiddleware, allowed=settings.hosts, local=local_mode)
     app.add_middleware(SecurityHeadersMiddleware)

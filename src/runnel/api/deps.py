@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from runnel.accounts.records import Principal
 from runnel.accounts.service import AccountService
 from runnel.api.auth import current_admin, current_principal, current_user
+from runnel.api.feed import Feeds
 from runnel.broker import Broker
 from runnel.chat import ChatService
 from runnel.generation import GenerationService
@@ -29,6 +30,7 @@ class Services:
     chat: ChatService
     accounts: AccountService
     metrics: Metrics
+    feeds: Feeds = field(default_factory=Feeds)
 
 
 async def services(request: Request) -> Services:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.responses import Response
 
@@ -48,8 +48,18 @@ HEADERS = [
 ]
 
 
+class StreamedBody(Protocol):
+    """A response whose body ``HandOff`` sends: a stream's, or a live feed's."""
+
+    kind: str  # "reply" or "feed", the label of ``runnel_open_event_streams``
+
+    async def send_body(self, receive: Receive, send: Send) -> None: ...
+
+
 class EventStreamResponse(Response):
     """Bypasses ``Response``'s body handling; subclassed so FastAPI passes it through."""
+
+    kind = "reply"
 
     def __init__(
         self,
@@ -198,9 +208,10 @@ _HTTPTOOLS_CYCLE = ("uvicorn.protocols.http.httptools_impl", "RequestResponseCyc
 
 
 class HandOff:
-    """The app's outermost ASGI layer: sends the body of an ``EventStreamResponse`` that was
-    started deeper in the stack, after the stack returned (see the module docstring). The
-    body gets the server's own ``receive`` and ``send``."""
+    """The app's outermost ASGI layer: sends the body of an ``EventStreamResponse`` (or a
+    live feed, ``api/feed.py``) that was started deeper in the stack, after the stack
+    returned (see the module docstring), counted in ``runnel_open_event_streams``. The body
+    gets the server's own ``receive`` and ``send``."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app
@@ -209,7 +220,7 @@ class HandOff:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        slot: list[EventStreamResponse] = []
+        slot: list[StreamedBody] = []
         # a copy: what the stack leaves in the scope (FastAPI's exit stacks, the route…) is
         # released with it, not kept by the server's scope for the stream's life
         inner = {**scope, HANDOFF: slot}
@@ -223,5 +234,13 @@ class HandOff:
             response = slot.pop()
             if scope["method"] == "HEAD":
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-            else:
+                return
+            services = getattr(getattr(scope.get("app"), "state", None), "runnel", None)
+            gauge = services.metrics.open_event_streams.labels(response.kind) if services else None
+            if gauge is not None:
+                gauge.inc()
+            try:
                 await response.send_body(receive, send)
+            finally:
+                if gauge is not None:
+                    gauge.dec()

@@ -3,6 +3,12 @@
 Event ids are log positions: the first event of a stream has id 1. The generating process
 is the only writer of a stream; ``append`` never blocks (an implementation that talks to
 a server batches the writes). Readers call ``read`` in a loop at their own pace.
+
+Beside the stream logs, each user has a short log of *notices* (``read_notices``): the
+broker writes one when a stream of the user is created and one when it ends (its
+terminal event, or discarded), and ``notify`` adds others (the live feed's follow
+requests). Live feeds (``api/live.py``) read them; they are derived from the stream logs,
+not a record of their own, and only the newest ``NOTICES_KEPT`` are kept.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from runnel.events import Event
 
@@ -32,6 +38,23 @@ class Batch:
     first_id: int
     events: Sequence[Event]
     finished: bool
+
+
+Notice = dict[str, Any]
+"""A JSON object: ``{"state": "started"|"ended", "streamId", "conversationId",
+"messageId", "model"}`` from the broker, or whatever ``notify`` was given."""
+
+NOTICES_KEPT = 1000  # per user; a feed reads them as they come, so few are ever behind
+
+
+def stream_notice(state: str, meta: StreamMeta) -> Notice:
+    return {
+        "state": state,
+        "streamId": meta.stream_id,
+        "conversationId": meta.conversation_id,
+        "messageId": meta.message_id,
+        "model": meta.model,
+    }
 
 
 Push = Callable[[str, int], bool]
@@ -125,6 +148,29 @@ class Broker(Protocol):
 
     async def request_cancel(self, stream_id: str, kept_through: int | None) -> None:
         """Ask the process generating ``stream_id`` (wherever it runs) to stop it."""
+
+    async def active(self, user_id: str) -> list[StreamMeta]:
+        """The user's streams generating now (in every process)."""
+
+    async def read_notices(
+        self, user_id: str, after: str | None, timeout: float
+    ) -> tuple[str, list[Notice]]:
+        """The user's notices after the cursor ``after``, waiting up to ``timeout`` s for one;
+        with the cursor of the last one returned. ``after=None`` asks for none: the cursor
+        of the newest notice, to read from there on."""
+
+    async def notify(self, user_id: str, notice: Notice) -> None:
+        """Add a notice to the user's log."""
+
+    async def open_feed(self, feed_id: str, user_id: str) -> None:
+        """Record (or keep recording: call it again within a minute) that a live feed of
+        ``user_id`` is open."""
+
+    async def feed_user(self, feed_id: str) -> str | None:
+        """The user of an open live feed, or None."""
+
+    async def close_feed(self, feed_id: str) -> None:
+        """The feed closed."""
 
     async def ping(self) -> bool:
         """Whether the broker is reachable."""

@@ -5,14 +5,28 @@ plus one. Writers append; any number of readers read from any id at their own pa
 slow reader costs no memory beyond the shared log, and resuming is slicing. The log is
 bounded because the generation is (``max_output_tokens``, ``max_stream_duration``), and it is
 dropped ``stream_retention`` seconds after its terminal event.
+
+Each user's notices (``broker.base``) are a bounded deque numbered from 1; the cursor is
+that number as text.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Sequence
 
-from runnel.broker.base import Batch, Push, StreamMeta, Waiter, offer, wait
+from runnel.broker.base import (
+    NOTICES_KEPT,
+    Batch,
+    Notice,
+    Push,
+    StreamMeta,
+    Waiter,
+    offer,
+    stream_notice,
+    wait,
+)
 from runnel.events import TERMINAL, Event
 
 
@@ -52,20 +66,96 @@ class StreamLog:
         return after, self.events[after : after + limit]
 
 
+class NoticeLog:
+    """One user's newest notices, numbered from 1, and the feeds waiting for the next."""
+
+    __slots__ = ("last", "notices", "waiters")
+
+    def __init__(self) -> None:
+        self.last = 0
+        self.notices: deque[tuple[int, Notice]] = deque(maxlen=NOTICES_KEPT)
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def add(self, notice: Notice) -> None:
+        self.last += 1
+        self.notices.append((self.last, notice))
+        waiters, self.waiters = self.waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
+
+    def after(self, cursor: int) -> list[Notice]:
+        return [notice for number, notice in self.notices if number > cursor]
+
+
 class MemoryBroker:
     def __init__(self, retention: float) -> None:
         self.retention = retention
         self._logs: dict[str, StreamLog] = {}
+        self._notices: dict[str, NoticeLog] = {}
+        self._active: dict[str, dict[str, StreamMeta]] = {}
+        self._feeds: dict[str, str] = {}
 
     async def create(self, meta: StreamMeta) -> None:
         self._logs[meta.stream_id] = StreamLog(meta)
+        self._active.setdefault(meta.user_id, {})[meta.stream_id] = meta
+        self._notice_log(meta.user_id).add(stream_notice("started", meta))
 
     def append(self, stream_id: str, event: Event) -> int:
         log = self._logs[stream_id]
         event_id = log.append(event)
         if log.finished:
             asyncio.get_running_loop().call_later(self.retention, self._expire, log)
+            self._ended(log.meta)
         return event_id
+
+    def _ended(self, meta: StreamMeta) -> None:
+        active = self._active.get(meta.user_id)
+        if active is None or active.pop(meta.stream_id, None) is None:
+            return
+        if not active:
+            del self._active[meta.user_id]
+        self._notice_log(meta.user_id).add(stream_notice("ended", meta))
+
+    def _notice_log(self, user_id: str) -> NoticeLog:
+        found = self._notices.get(user_id)
+        if found is None:
+            found = self._notices[user_id] = NoticeLog()
+        return found
+
+    async def active(self, user_id: str) -> list[StreamMeta]:
+        return list(self._active.get(user_id, {}).values())
+
+    async def read_notices(
+        self, user_id: str, after: str | None, timeout: float
+    ) -> tuple[str, list[Notice]]:
+        log = self._notice_log(user_id)
+        if after is None:
+            return str(log.last), []
+        cursor = int(after)
+        if log.last <= cursor and timeout > 0:
+            future = asyncio.get_running_loop().create_future()
+            log.waiters.append(future)
+            try:
+                await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                pass
+            finally:
+                if future in log.waiters:
+                    log.waiters.remove(future)
+        return str(log.last), log.after(cursor)
+
+    async def notify(self, user_id: str, notice: Notice) -> None:
+        self._notice_log(user_id).add(notice)
+
+    async def open_feed(self, feed_id: str, user_id: str) -> None:
+        self._feeds[feed_id] = user_id
+
+    async def feed_user(self, feed_id: str) -> str | None:
+        return self._feeds.get(feed_id)
+
+    async def close_feed(self, feed_id: str) -> None:
+        self._feeds.pop(feed_id, None)
 
     async def meta(self, stream_id: str) -> StreamMeta | None:
         log = self._logs.get(stream_id)
@@ -87,7 +177,9 @@ class MemoryBroker:
         return Batch(first, events, log.finished and first + len(events) > len(log.events))
 
     async def discard(self, stream_id: str) -> None:
-        self._logs.pop(stream_id, None)
+        log = self._logs.pop(stream_id, None)
+        if log is not None:
+            self._ended(log.meta)
 
     async def request_cancel(self, stream_id: str, kept_through: int | None) -> None:
         """Only this process generates; a stream it does not run has already ended."""
@@ -101,3 +193,4 @@ class MemoryBroker:
 
     async def aclose(self) -> None:
         self._logs.clear()
+        self._active.clear()

@@ -13,6 +13,11 @@ for the next event: it waits in this process, and once the writer's pipeline has
 token, the writer hands it to the reader's ``push`` (any other event wakes the reader,
 which reads it from Redis). Readers never see an event before Redis has it.
 
+Each user's notices (``broker.base``) are the Redis stream ``runnel:n:<user>`` (capped at
+about ``NOTICES_KEPT`` entries; the cursor is the entry id), written in the same pipeline
+as the stream's first metadata and its terminal event. An open live feed is the key
+``runnel:f:<feed>`` (its user), renewed by the feed while it lives.
+
 Across processes: cancel requests travel on the pub/sub channel ``runnel:cancel``; a
 generating process renews a lease for each of its streams in the sorted set
 ``runnel:leases`` (score = expiry time), and any process may interrupt a stream whose
@@ -33,7 +38,17 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runnel.broker.base import Batch, Push, StreamMeta, Waiter, offer, wait
+from runnel.broker.base import (
+    NOTICES_KEPT,
+    Batch,
+    Notice,
+    Push,
+    StreamMeta,
+    Waiter,
+    offer,
+    stream_notice,
+    wait,
+)
 from runnel.errors import Overloaded
 from runnel.events import TERMINAL, Error, Event, from_wire, to_wire
 
@@ -52,6 +67,7 @@ READ_MARGIN = 10.0
 CANCEL_TTL = 120
 WRITE_RETRY_MIN = 0.05
 WRITE_RETRY_MAX = 2.0
+FEED_TTL = 60  # s: an open feed renews its key well within this
 
 
 def _stream(stream_id: str) -> str:
@@ -68,6 +84,20 @@ def _user(user_id: str) -> str:
 
 def _cancel(stream_id: str) -> str:
     return f"runnel:c:{stream_id}"
+
+
+def _notices(user_id: str) -> str:
+    return f"runnel:n:{user_id}"
+
+
+def _feed(feed_id: str) -> str:
+    return f"runnel:f:{feed_id}"
+
+
+def _add_notice(pipe: Any, user_id: str, notice: Notice) -> None:
+    key = _notices(user_id)
+    pipe.xadd(key, {b"n": orjson.dumps(notice)}, maxlen=NOTICES_KEPT, approximate=True)
+    pipe.expire(key, ORPHAN_TTL)
 
 
 def _encode(event: Event) -> bytes:
@@ -100,7 +130,7 @@ class RedisBroker:
         )
         self._longest_wait = longest_wait
         self._next: dict[str, int] = {}
-        self._owners: dict[str, str] = {}
+        self._owners: dict[str, StreamMeta] = {}  # the streams generated here
         # (stream, id, payload, terminal, the token's text or None)
         self._pending: list[tuple[str, int, bytes, bool, str | None]] = []
         # streams generated here: the last event id that Redis confirmed, and who waits
@@ -136,12 +166,13 @@ class RedisBroker:
                 pipe.zadd(LEASES, {meta.stream_id: expiry})
                 pipe.zadd(_user(meta.user_id), {meta.stream_id: expiry})
                 pipe.expire(_user(meta.user_id), ORPHAN_TTL)
+                _add_notice(pipe, meta.user_id, stream_notice("started", meta))
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
         self._next[meta.stream_id] = 0
         self._written[meta.stream_id] = 0
-        self._owners[meta.stream_id] = meta.user_id
+        self._owners[meta.stream_id] = meta
 
     def append(self, stream_id: str, event: Event) -> int:
         event_id = self._next[stream_id] + 1
@@ -171,7 +202,8 @@ class RedisBroker:
                     pipe.zrem(LEASES, stream_id)
                     owner = self._owners.pop(stream_id, None)
                     if owner is not None:
-                        pipe.zrem(_user(owner), stream_id)
+                        pipe.zrem(_user(owner.user_id), stream_id)
+                        _add_notice(pipe, owner.user_id, stream_notice("ended", owner))
                 elif event_id == 1:
                     pipe.expire(_stream(stream_id), ORPHAN_TTL)
             try:
@@ -281,7 +313,8 @@ class RedisBroker:
                 pipe.delete(_stream(stream_id), _meta(stream_id))
                 pipe.zrem(LEASES, stream_id)
                 if owner is not None:
-                    pipe.zrem(_user(owner), stream_id)
+                    pipe.zrem(_user(owner.user_id), stream_id)
+                    _add_notice(pipe, owner.user_id, stream_notice("ended", owner))
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("discarding a stream in Redis failed (%s)", exc)
@@ -347,7 +380,7 @@ class RedisBroker:
         for stream_id in stream_ids:
             owner = self._owners.get(stream_id)
             if owner is not None:
-                pipe.zadd(_user(owner), {stream_id: expiry})
+                pipe.zadd(_user(owner.user_id), {stream_id: expiry})
         await pipe.execute()
 
     async def user_streams(self, user_id: str) -> int:
@@ -365,6 +398,60 @@ class RedisBroker:
         except (RedisError, OSError) as exc:
             raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
         return [item.decode() for item in found]
+
+    # notices and feeds
+
+    async def active(self, user_id: str) -> list[StreamMeta]:
+        found = []
+        for stream_id in await self.user_stream_ids(user_id):
+            meta = await self.meta(stream_id)
+            if meta is not None:
+                found.append(meta)
+        return found
+
+    async def read_notices(
+        self, user_id: str, after: str | None, timeout: float
+    ) -> tuple[str, list[Notice]]:
+        key = _notices(user_id)
+        try:
+            if after is None:
+                newest = await self._redis.xrevrange(key, count=1)
+                return (newest[0][0].decode() if newest else "0-0"), []
+            block = max(1, int(min(timeout, self._longest_wait) * 1000)) if timeout > 0 else None
+            found = await self._redis.xread({key: after}, block=block)
+        except (RedisError, OSError) as exc:
+            raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
+        entries = found[0][1] if found else []
+        if not entries:
+            return after, []
+        return entries[-1][0].decode(), [orjson.loads(fields[b"n"]) for _, fields in entries]
+
+    async def notify(self, user_id: str, notice: Notice) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                _add_notice(pipe, user_id, notice)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
+
+    async def open_feed(self, feed_id: str, user_id: str) -> None:
+        try:
+            await self._redis.set(_feed(feed_id), user_id, ex=FEED_TTL)
+        except (RedisError, OSError) as exc:
+            raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
+
+    async def feed_user(self, feed_id: str) -> str | None:
+        try:
+            found = await self._redis.get(_feed(feed_id))
+        except (RedisError, OSError) as exc:
+            raise Overloaded("the event log (Redis) is unavailable; try again shortly") from exc
+        return found.decode() if found is not None else None
+
+    async def close_feed(self, feed_id: str) -> None:
+        try:
+            await self._redis.delete(_feed(feed_id))
+        except (RedisError, OSError) as exc:
+            log.warning("closing a feed in Redis failed (%s)", exc)
 
     async def alive(self, stream_id: str) -> bool:
         try:
@@ -388,12 +475,16 @@ class RedisBroker:
         if newest and isinstance(from_wire(orjson.loads(newest[0][1][b"e"])), TERMINAL):
             await self._redis.zrem(LEASES, stream_id)
             return False
+        meta = await self.meta(stream_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xadd(_stream(stream_id), {b"e": _encode(error)}, id=f"0-{last + 1}")
             pipe.hset(_meta(stream_id), "last", last + 1)
             pipe.expire(_stream(stream_id), self.retention)
             pipe.expire(_meta(stream_id), self.retention)
             pipe.zrem(LEASES, stream_id)
+            if meta is not None:
+                pipe.zrem(_user(meta.user_id), stream_id)
+                _add_notice(pipe, meta.user_id, stream_notice("ended", meta))
             await pipe.execute()
         return True
 
