@@ -278,6 +278,39 @@ class ChatService:
             limits=limits,
         )
 
+    async def edit(
+        self,
+        user_id: str,
+        conversation_id: str,
+        message_id: str,
+        content: str,
+        model: str | None,
+        limits: Limits | None = None,
+    ) -> Generation:
+        """Replace the text of a user message, drop the messages after it and answer it
+        again (all stored only once the new reply starts)."""
+        self._check_message(content)
+        conversation = await self._idle_conversation(user_id, conversation_id)
+        history = await self.store.list_messages(conversation_id)
+        index = next((i for i, m in enumerate(history) if m.id == message_id), None)
+        if index is None:
+            raise NotFound("message not found")
+        if history[index].role != "user":
+            raise InvalidRequest("only a message of yours can be edited")
+        route = self.registry.resolve(model or conversation.model)
+        # a title made from the first message follows its edit; one the person set stays
+        retitle = index == 0 and conversation.title == _title(history[0].content)
+        return await self._reply(
+            user_id,
+            conversation,
+            route,
+            self._window(_prompt(conversation, history[:index], content)),
+            edit=(message_id, content),
+            title=_title(content) if retitle else None,
+            remember_model=route.model_id if model else None,
+            limits=limits,
+        )
+
     async def _idle_conversation(self, user_id: str, conversation_id: str) -> Conversation:
         """The conversation, if it has no reply streaming (a fast check; the store's claim
         in ``begin_reply`` is what really guarantees one stream per conversation)."""
@@ -296,6 +329,7 @@ class ChatService:
         *,
         turn: Sequence[ChatMessage] = (),
         replace: str | None = None,
+        edit: tuple[str, str] | None = None,
         title: str | None = None,
         remember_model: str | None = None,
         limits: Limits | None = None,
@@ -314,6 +348,7 @@ class ChatService:
                 conversation_id=conversation.id,
                 new_messages=new,
                 replace=replace,
+                edit=edit,
                 title=title,
                 remember_model=remember_model,
                 stale_claim=conversation.active_stream_id,

@@ -69,6 +69,7 @@ class StartRequest:
     conversation_id: str | None = None
     new_messages: Sequence[NewMessage] = ()
     replace: str | None = None
+    edit: tuple[str, str] | None = None  # (a user message, its new text): drop what follows
     title: str | None = None
     remember_model: str | None = None
     stale_claim: str | None = None
@@ -318,6 +319,7 @@ class GenerationService:
             gen.stream_id,
             request.new_messages,
             replace=request.replace,
+            edit=request.edit,
             title=request.title,
             model=request.remember_model,
             stale=request.stale_claim,

@@ -82,6 +82,22 @@ async def send(
     return await _deliver(generation, request, services)
 
 
+@router.patch("/{conversation_id}/messages/{message_id}", response_model=None)
+async def edit(
+    conversation_id: str,
+    message_id: str,
+    body: UserMessage,
+    request: Request,
+    services: ServicesDep,
+    user: PrincipalDep,
+) -> Any:
+    """Edit a user message and answer it again: the messages after it are dropped."""
+    generation = await services.chat.edit(
+        user.id, conversation_id, message_id, body.content, body.model, user.limits
+    )
+    return await _deliver(generation, request, services)
+
+
 @router.post("/{conversation_id}/regenerate", response_model=None)
 async def regenerate(
     conversation_id: str,

@@ -256,14 +256,17 @@ class Store:
         title: str | None = None,
         model: str | None = None,
         stale: str | None = None,
+        edit: tuple[str, str] | None = None,
     ) -> None:
         """Claim the conversation for ``stream_id`` and insert ``new`` messages, atomically.
 
         Raises ``StreamInProgress`` when another stream holds the conversation, ``NotFound``
         when it is not the user's. ``replace`` names a message deleted in the same
-        transaction (regenerate); ``title`` renames a conversation still titled by default;
-        ``model`` becomes the conversation's model (the person picked it for this message);
-        ``stale`` names a claim known to be dead, which may be taken over.
+        transaction (regenerate); ``edit`` = (a user message, its new text) rewrites that
+        message and deletes the messages after it (edit and resend); ``title`` renames a
+        conversation still titled by default; ``model`` becomes the conversation's model (the
+        person picked it for this message); ``stale`` names a claim known to be dead, which
+        may be taken over.
         """
         stamp = now_ms()
         async with self.engine.begin() as conn:
@@ -295,6 +298,27 @@ class Store:
                 if last is None or last["id"] != replace:
                     raise InvalidRequest("the conversation changed; reload and try again")
                 await conn.execute(delete(messages).where(messages.c.id == replace))
+            if edit is not None:
+                edited, content = edit
+                row = (
+                    await conn.execute(
+                        select(messages.c.seq, messages.c.role).where(
+                            messages.c.id == edited, messages.c.conversation_id == conversation_id
+                        )
+                    )
+                ).first()
+                if row is None or row.role != "user":
+                    raise InvalidRequest("the conversation changed; reload and try again")
+                await conn.execute(
+                    update(messages)
+                    .where(messages.c.id == edited)
+                    .values(content=content, updated_at=stamp)
+                )
+                await conn.execute(
+                    delete(messages).where(
+                        messages.c.conversation_id == conversation_id, messages.c.seq > row.seq
+                    )
+                )
             seq = await conn.scalar(
                 select(func.coalesce(func.max(messages.c.seq), 0)).where(
                     messages.c.conversation_id == conversation_id
