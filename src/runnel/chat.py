@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from runnel import transfer
 from runnel.accounts.records import Limits
 from runnel.broker import Broker, StreamMeta
 from runnel.errors import InvalidRequest, NotFound, StreamInProgress
@@ -25,7 +26,7 @@ from runnel.providers.router import Route
 from runnel.quotas import Quotas
 from runnel.settings import Settings
 from runnel.store.records import Conversation, Message, NewMessage
-from runnel.store.sql import Store
+from runnel.store.sql import Store, now_ms
 
 DEFAULT_TITLE = "New conversation"
 TITLE_LENGTH = 80
@@ -92,6 +93,20 @@ class ChatService:
     async def get_conversation(self, user_id: str, conversation_id: str) -> ConversationView:
         conversation = await self.store.get_conversation(user_id, conversation_id)
         return ConversationView(conversation, await self.store.list_messages(conversation_id))
+
+    async def import_conversation(
+        self, user_id: str, doc: transfer.ImportDocument
+    ) -> ConversationView:
+        """A new conversation of ``user_id`` from a JSON export."""
+        conversation, messages = transfer.records(doc, user_id, now_ms())
+        for text in (conversation.title, conversation.system_prompt or ""):
+            _check_unicode(text, "the conversation")
+        for message in messages:
+            _check_unicode(message.content, "a message")
+            _check_unicode(message.model or "", "a message's model")
+            _check_unicode(message.error_message or "", "a message's error")
+        await self.store.import_conversation(conversation, messages)
+        return ConversationView(conversation, messages)
 
     async def update_conversation(
         self, user_id: str, conversation_id: str, changes: dict[str, Any]

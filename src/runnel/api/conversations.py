@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from runnel import transfer
 from runnel.api.deps import PrincipalDep, ServicesDep, UserDep
 from runnel.api.replies import (
     event_stream,
@@ -24,6 +25,7 @@ from runnel.api.schemas import (
     conversation_json,
 )
 from runnel.generation import Generation
+from runnel.store.sql import now_ms
 
 router = APIRouter(prefix="/api/v1/conversations")
 
@@ -34,6 +36,14 @@ async def create(body: NewConversation, services: ServicesDep, user: UserDep) ->
         user, body.title, body.model, body.system_prompt
     )
     return conversation_json(conversation, [])
+
+
+@router.post("/import", status_code=201)
+async def import_(
+    body: transfer.ImportDocument, services: ServicesDep, user: UserDep
+) -> dict[str, Any]:
+    view = await services.chat.import_conversation(user, body)
+    return conversation_json(view.conversation, view.messages)
 
 
 @router.get("")
@@ -51,6 +61,36 @@ async def list_(
 async def get(conversation_id: str, services: ServicesDep, user: UserDep) -> dict[str, Any]:
     view = await services.chat.get_conversation(user, conversation_id)
     return conversation_json(view.conversation, view.messages)
+
+
+@router.get(
+    "/{conversation_id}/export",
+    response_model=None,
+    responses={
+        200: {
+            "description": "a download: the JSON document or the Markdown text",
+            "content": {"application/json": {}, "text/markdown": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def export(
+    conversation_id: str,
+    services: ServicesDep,
+    user: UserDep,
+    format: Literal["json", "markdown"] = "json",
+) -> Response:
+    view = await services.chat.get_conversation(user, conversation_id)
+    title = view.conversation.title
+    if format == "markdown":
+        return Response(
+            transfer.markdown(view.conversation, view.messages),
+            media_type="text/markdown; charset=utf-8",
+            headers={"content-disposition": transfer.download_name(title, "md")},
+        )
+    return JSONResponse(
+        transfer.document(view.conversation, view.messages, now_ms()),
+        headers={"content-disposition": transfer.download_name(title, "json")},
+    )
 
 
 @router.patch("/{conversation_id}")

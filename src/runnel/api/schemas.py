@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from runnel.accounts.records import ApiKey, User
 from runnel.store.records import Conversation, Message
+from runnel.transfer import error_json, iso, usage_json
 
 
 class Body(BaseModel):
@@ -103,14 +103,6 @@ class OpenAIErrorBody(BaseModel):
     error: OpenAIErrorDetail
 
 
-def iso(ms: int) -> str:
-    return (
-        datetime.fromtimestamp(ms / 1000, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
-
-
 def conversation_json(
     conversation: Conversation, messages: list[Message] | None = None
 ) -> dict[str, Any]:
@@ -129,15 +121,6 @@ def conversation_json(
 
 
 def message_json(message: Message) -> dict[str, Any]:
-    usage = None
-    if message.prompt_tokens is not None or message.completion_tokens is not None:
-        usage = {
-            "promptTokens": message.prompt_tokens,
-            "completionTokens": message.completion_tokens,
-        }
-    error = None
-    if message.error_code:
-        error = {"code": message.error_code, "message": message.error_message}
     return {
         "id": message.id,
         "role": message.role,
@@ -146,8 +129,8 @@ def message_json(message: Message) -> dict[str, Any]:
         "model": message.model,
         "streamId": message.stream_id,
         "finishReason": message.finish_reason,
-        "usage": usage,
-        "error": error,
+        "usage": usage_json(message),
+        "error": error_json(message),
         "createdAt": iso(message.created_at),
         "updatedAt": iso(message.updated_at),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,15 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(insert(conversations).values(row))
         return Conversation(**row)
+
+    async def import_conversation(
+        self, conversation: Conversation, rows: Sequence[Message]
+    ) -> None:
+        """Insert a whole conversation (an import), atomically."""
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(conversations).values(asdict(conversation)))
+            if rows:
+                await conn.execute(insert(messages), [asdict(m) for m in rows])
 
     async def create_conversation_once(
         self, conversation_id: str, user_id: str, title: str, model: str | None
