@@ -25,6 +25,7 @@ from runnel.providers.registry import Registry
 from runnel.providers.router import Route
 from runnel.quotas import Quotas
 from runnel.settings import Settings
+from runnel.store import search
 from runnel.store.records import Conversation, Message, NewMessage
 from runnel.store.sql import Store, now_ms
 
@@ -93,6 +94,11 @@ class ChatService:
     async def get_conversation(self, user_id: str, conversation_id: str) -> ConversationView:
         conversation = await self.store.get_conversation(user_id, conversation_id)
         return ConversationView(conversation, await self.store.list_messages(conversation_id))
+
+    async def search(
+        self, user_id: str, query: str, limit: int
+    ) -> list[tuple[Conversation, search.Hit]]:
+        return await self.store.search_conversations(user_id, query, limit)
 
     async def import_conversation(
         self, user_id: str, doc: transfer.ImportDocument

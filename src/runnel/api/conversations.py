@@ -52,7 +52,17 @@ async def list_(
     user: UserDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
+    q: Annotated[str | None, Query(max_length=500)] = None,
 ) -> dict[str, Any]:
+    if q is not None and q.strip():
+        hits = await services.chat.search(user, q, limit)
+        return {
+            "data": [
+                {**conversation_json(c), "snippet": hit.snippet, "messageId": hit.message_id}
+                for c, hit in hits
+            ],
+            "nextCursor": None,
+        }
     items, next_cursor = await services.chat.list_conversations(user, limit, cursor)
     return {"data": [conversation_json(c) for c in items], "nextCursor": next_cursor}
 

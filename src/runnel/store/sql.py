@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql import ColumnElement, Update
 
 from runnel.errors import InvalidRequest, NotFound, StreamInProgress
+from runnel.store import search
 from runnel.store.records import Conversation, Message, NewMessage, ReplyOutcome
 from runnel.store.schema import conversations, messages, usage
 
@@ -169,6 +170,21 @@ class Store:
             last = items[-1]
             next_cursor = _encode_cursor(last.updated_at, last.id)
         return items, next_cursor
+
+    async def search_conversations(
+        self, user_id: str, query: str, limit: int
+    ) -> list[tuple[Conversation, search.Hit]]:
+        """The user's conversations that match ``query`` (``store/search.py``), best first."""
+        async with self.engine.connect() as conn:
+            hits = await search.search(conn, user_id, query, limit)
+            if not hits:
+                return []
+            found = select(conversations).where(
+                conversations.c.id.in_([h.conversation_id for h in hits])
+            )
+            rows = (await conn.execute(found)).mappings().all()
+        by_id = {row["id"]: Conversation(**row) for row in rows}
+        return [(by_id[h.conversation_id], h) for h in hits if h.conversation_id in by_id]
 
     async def update_conversation(
         self, user_id: str, conversation_id: str, changes: dict[str, Any]
