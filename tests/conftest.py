@@ -22,6 +22,11 @@ TEST_SETTINGS: dict[str, Any] = {
     "demo_tokens_per_second": 400.0,
     "demo_reply_tokens": 40,
     "shutdown_grace": 0.2,
+    # follow-ups call the reply's model again after it ended: a title would replace the
+    # provisional one and a suggestion request follow the one that many tests read
+    # (tests/test_followups.py switches them on)
+    "titles": False,
+    "suggestions": False,
     "log_level": "WARNING",
     # retries stay on, fast: a Retry-After longer than the budget is not waited for
     "retry_base_delay": 0.01,

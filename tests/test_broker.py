@@ -308,10 +308,16 @@ def test_notices_of_a_user_and_their_active_streams(kind: str) -> None:
             cursor, more = await broker.read_notices(user, cursor, 2)
             notices += more
         assert notices == [
-            {"state": "started", "streamId": m.stream_id, "conversationId": m.conversation_id,
-             "messageId": m.message_id, "model": m.model}
+            {
+                "type": "stream",
+                "state": "started",
+                "streamId": m.stream_id,
+                "conversationId": m.conversation_id,
+                "messageId": m.message_id,
+                "model": m.model,
+            }
             for m in (first, second)
-        ]  # fmt: skip
+        ]
         assert sorted(a.stream_id for a in await broker.active(user)) == sorted(
             [first.stream_id, second.stream_id]
         )

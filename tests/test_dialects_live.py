@@ -72,7 +72,7 @@ def test_feed_level_events() -> None:
             {"streamId": "s_1", "conversationId": "c_1", "messageId": "m_1", "model": "demo"}]}
     ]  # fmt: skip
     assert frames(live.gone("s_9")) == [{"type": "gone", "streamId": "s_9"}]
-    assert frames(live.notice({"state": "ended", "streamId": "s_1"})) == [
+    assert frames(live.notice({"type": "stream", "state": "ended", "streamId": "s_1"})) == [
         {"type": "stream", "state": "ended", "streamId": "s_1"}
     ]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -127,6 +127,9 @@ class GenerationService:
         self._loops: list[asyncio.Task[None]] = []
         self._started = False
         self._draining = False
+        # called when a stored reply completes (runnel.followups), with the user, the
+        # conversation, the message, the model and the conversation's provisional title
+        self.on_reply_complete: Callable[[str, str, str, str, str | None], None] | None = None
 
     # lifecycle
 
@@ -423,6 +426,17 @@ class GenerationService:
         if gen.persisted:
             await self._store_outcome(gen, _reply_outcome("".join(gen.pieces), outcome, gen.model))
         self.broker.append(gen.stream_id, outcome)
+        request = gen.request
+        if (
+            gen.persisted
+            and self.on_reply_complete is not None
+            and request.conversation_id is not None
+            and isinstance(outcome, Complete)
+            and outcome.finish_reason in ("stop", "length")
+        ):
+            self.on_reply_complete(
+                request.user_id, request.conversation_id, gen.message_id, gen.model, request.title
+            )
         self._active.pop(gen.stream_id, None)
         gen.phase = "done"
         self._count_tokens((gen,))

@@ -118,6 +118,12 @@ class Metrics:
             "Cancel requests accepted for a stream still generating.",
             registry=own,
         )
+        self.followups = Counter(
+            "runnel_followups",
+            "Calls for follow-up suggestions and titles, by kind and outcome.",
+            ["kind", "outcome"],
+            registry=own,
+        )
         self.provider_latency = Histogram(
             "runnel_provider_latency_seconds",
             "From calling the provider to its upstream accepting the request "
@@ -132,6 +138,9 @@ class Metrics:
         return cls(os.environ.get(MULTIPROC_ENV) or None)
 
     # recording
+
+    def followup(self, kind: str, outcome: str) -> None:
+        self.followups.labels(kind, outcome).inc()
 
     def set_active(self, count: int) -> None:
         self.active_streams.set(count)

@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     send_timeout: float = Field(default=30.0, gt=0)
     shutdown_grace: float = Field(default=20.0, ge=0)
 
+    # written by a model after a reply (runnel/followups.py); None: the reply's model
+    suggestions: bool = True
+    suggestions_model: str | None = None
+    titles: bool = True
+    title_model: str | None = None
+    followup_timeout: float = Field(default=20.0, gt=0)
+
     demo_tokens_per_second: float = Field(default=40.0, gt=0)
     demo_first_token_delay: float = Field(default=0.15, ge=0)
     demo_reply_tokens: int = Field(default=160, gt=0)

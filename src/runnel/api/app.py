@@ -38,6 +38,7 @@ from runnel.broker import Broker
 from runnel.broker.memory import MemoryBroker
 from runnel.broker.redis import RedisBroker
 from runnel.chat import ChatService
+from runnel.followups import Followups
 from runnel.generation import GenerationService
 from runnel.metrics import Metrics
 from runnel.providers.registry import Registry
@@ -110,11 +111,21 @@ def create_app(settings: Settings) -> FastAPI:
             settings.redis_url,
         )
         chat = ChatService(settings, store, broker, generations, registry, quotas, metrics)
+        followups = Followups(settings, store, broker, registry, generations.router, metrics)
+        generations.on_reply_complete = followups.reply_completed
         account_service = AccountService(settings, store)
         await account_service.have_accounts()
         holder[:] = [account_service]
         app.state.runnel = Services(
-            settings, store, broker, registry, generations, chat, account_service, metrics
+            settings,
+            store,
+            broker,
+            registry,
+            generations,
+            chat,
+            account_service,
+            metrics,
+            followups=followups,
         )
         generations.start_loops()
         draining: list[asyncio.Task[None]] = []
@@ -135,6 +146,7 @@ def create_app(settings: Settings) -> FastAPI:
             restore_signals()
             start_drain()
             await draining[0]
+            await followups.aclose()
             await registry.aclose()
             await broker.aclose()
             await store.close()

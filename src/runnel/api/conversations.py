@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -24,10 +25,14 @@ from runnel.api.schemas import (
     UserMessage,
     conversation_json,
 )
+from runnel.errors import NotFound
 from runnel.generation import Generation
 from runnel.store.sql import now_ms
 
 router = APIRouter(prefix="/api/v1/conversations")
+SUGGESTIONS_WAIT = 20.0  # s, at most
+# ``?suggestions=wait``: a JSON reply waits for its follow-up suggestions
+SuggestionsQuery = Annotated[Literal["wait"] | None, Query()]
 
 
 @router.post("", status_code=201)
@@ -125,11 +130,12 @@ async def send(
     request: Request,
     services: ServicesDep,
     user: PrincipalDep,
+    suggestions: SuggestionsQuery = None,
 ) -> Any:
     generation = await services.chat.send(
         user.id, conversation_id, body.content, body.model, user.limits
     )
-    return await _deliver(generation, request, services)
+    return await _deliver(generation, request, services, suggestions)
 
 
 @router.patch("/{conversation_id}/messages/{message_id}", response_model=None)
@@ -140,12 +146,13 @@ async def edit(
     request: Request,
     services: ServicesDep,
     user: PrincipalDep,
+    suggestions: SuggestionsQuery = None,
 ) -> Any:
     """Edit a user message and answer it again: the messages after it are dropped."""
     generation = await services.chat.edit(
         user.id, conversation_id, message_id, body.content, body.model, user.limits
     )
-    return await _deliver(generation, request, services)
+    return await _deliver(generation, request, services, suggestions)
 
 
 @router.post("/{conversation_id}/regenerate", response_model=None)
@@ -155,10 +162,11 @@ async def regenerate(
     services: ServicesDep,
     user: PrincipalDep,
     body: Regenerate | None = None,
+    suggestions: SuggestionsQuery = None,
 ) -> Any:
     model = body.model if body else None
     generation = await services.chat.regenerate(user.id, conversation_id, model, user.limits)
-    return await _deliver(generation, request, services)
+    return await _deliver(generation, request, services, suggestions)
 
 
 @router.get("/{conversation_id}/stream", response_model=None)
@@ -176,10 +184,41 @@ async def attach(
     )
 
 
-async def _deliver(generation: Generation, request: Request, services: ServicesDep) -> Any:
+async def _deliver(
+    generation: Generation,
+    request: Request,
+    services: ServicesDep,
+    suggestions: str | None = None,
+) -> Any:
     if wants_async(request):
         return started(generation)
     if wants_stream(request, services.settings):
         return await event_stream(services.broker, generation.stream_id, 0, services.settings)
     reply: JSONResponse = await finished_reply(services.broker, generation.stream_id)
-    return reply
+    if suggestions != "wait" or reply.status_code != 200 or services.followups is None:
+        return reply
+    body = orjson.loads(reply.body)
+    body["suggestions"] = await services.followups.wait_for_suggestions(
+        generation.request.user_id, generation.message_id, SUGGESTIONS_WAIT
+    )
+    return JSONResponse(body)
+
+
+@router.get("/{conversation_id}/messages/{message_id}/suggestions")
+async def suggestions_of(
+    conversation_id: str,
+    message_id: str,
+    services: ServicesDep,
+    user: UserDep,
+    wait: Annotated[float, Query(ge=0, le=SUGGESTIONS_WAIT)] = 0,
+) -> dict[str, Any]:
+    """A reply's follow-up suggestions (``null``: not written yet), waiting up to ``wait``
+    seconds for them."""
+    view = await services.chat.get_conversation(user, conversation_id)
+    message = next((m for m in view.messages if m.id == message_id), None)
+    if message is None or message.role != "assistant":
+        raise NotFound("no such reply in this conversation")
+    found = None
+    if services.followups is not None:
+        found = await services.followups.wait_for_suggestions(user, message_id, wait)
+    return {"messageId": message_id, "suggestions": found}

@@ -13,6 +13,7 @@ from runnel.api.auth import current_admin, current_principal, current_user
 from runnel.api.feed import Feeds
 from runnel.broker import Broker
 from runnel.chat import ChatService
+from runnel.followups import Followups
 from runnel.generation import GenerationService
 from runnel.metrics import Metrics
 from runnel.providers.registry import Registry
@@ -31,6 +32,7 @@ class Services:
     accounts: AccountService
     metrics: Metrics
     feeds: Feeds = field(default_factory=Feeds)
+    followups: Followups | None = None
 
 
 async def services(request: Request) -> Services:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from runnel.accounts.records import ApiKey, User
@@ -131,6 +132,7 @@ def message_json(message: Message) -> dict[str, Any]:
         "finishReason": message.finish_reason,
         "usage": usage_json(message),
         "error": error_json(message),
+        "suggestions": orjson.loads(message.suggestions) if message.suggestions else None,
         "createdAt": iso(message.created_at),
         "updatedAt": iso(message.updated_at),
     }

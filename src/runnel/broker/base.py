@@ -41,14 +41,16 @@ class Batch:
 
 
 Notice = dict[str, Any]
-"""A JSON object: ``{"state": "started"|"ended", "streamId", "conversationId",
-"messageId", "model"}`` from the broker, or whatever ``notify`` was given."""
+"""A JSON object: ``{"type": "stream", "state": "started"|"ended", "streamId",
+"conversationId", "messageId", "model"}`` from the broker, or whatever ``notify`` was given
+(a feed's follow request, a reply's suggestions, a conversation's new title)."""
 
 NOTICES_KEPT = 1000  # per user; a feed reads them as they come, so few are ever behind
 
 
 def stream_notice(state: str, meta: StreamMeta) -> Notice:
     return {
+        "type": "stream",
         "state": state,
         "streamId": meta.stream_id,
         "conversationId": meta.conversation_id,

@@ -95,9 +95,10 @@ def opened(feed_id: str, active: Sequence[StreamMeta]) -> bytes:
     return _frame({"type": "feed", "feedId": feed_id, "active": [_described(m) for m in active]})
 
 
-def notice(stream_notice: Notice) -> bytes:
-    """A stream of the user started or ended (a notice from the broker)."""
-    return _frame({"type": "stream", **stream_notice})
+def notice(announced: Notice) -> bytes:
+    """A notice of the user's: a stream started or ended, a reply's suggestions came, a
+    conversation got its title."""
+    return _frame(announced)
 
 
 def gone(stream_id: str) -> bytes:

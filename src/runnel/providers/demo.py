@@ -142,3 +142,19 @@ class _DemoStream:
 
     async def aclose(self) -> None:
         return None
+
+
+def _topic(question: str) -> str:
+    words = re.findall(r"[\w'’-]+", question)[:6]
+    return " ".join(words) or "this"
+
+
+def demo_suggestions(question: str) -> list[str]:
+    """The follow-up questions the demo model offers (offline, the same every time)."""
+    topic = _topic(question)
+    return [f"Tell me more about {topic}", f"Give me an example of {topic}", "Summarize that"]
+
+
+def demo_title(question: str) -> str:
+    """The title the demo model gives a conversation."""
+    return f"Demo chat: {_topic(question)}"

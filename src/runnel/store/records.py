@@ -38,6 +38,7 @@ class Message:
     completion_tokens: int | None
     created_at: int
     updated_at: int
+    suggestions: str | None = None  # a JSON list: follow-up questions; None: not (yet) any
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,8 @@ messages = Table(
     Column("completion_tokens", Integer, nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    # follow-up questions a model suggested after the reply (JSON list); NULL: none yet
+    Column("suggestions", Text, nullable=True),
     Index("ix_messages_conversation_seq", "conversation_id", "seq", unique=True),
     Index("ix_messages_status", "status"),
     Index("ix_messages_stream", "stream_id"),

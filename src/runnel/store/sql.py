@@ -186,6 +186,26 @@ class Store:
         by_id = {row["id"]: Conversation(**row) for row in rows}
         return [(by_id[h.conversation_id], h) for h in hits if h.conversation_id in by_id]
 
+    async def set_suggestions(self, message_id: str, suggestions: Sequence[str]) -> None:
+        """Store the follow-up questions of a reply (an empty list: there are none)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id)
+                .values(suggestions=orjson.dumps(list(suggestions)).decode())
+            )
+
+    async def set_generated_title(self, conversation_id: str, provisional: str, title: str) -> bool:
+        """Replace the provisional title with a model's, unless it changed meanwhile (the
+        person renamed the conversation); whether it was replaced."""
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(conversations)
+                .where(conversations.c.id == conversation_id, conversations.c.title == provisional)
+                .values(title=title)
+            )
+        return bool(done.rowcount == 1)
+
     async def update_conversation(
         self, user_id: str, conversation_id: str, changes: dict[str, Any]
     ) -> Conversation:
