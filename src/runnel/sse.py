@@ -19,7 +19,7 @@ up to ~30 bytes all look alike). Readers ignore ``p``.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import orjson
@@ -51,9 +51,10 @@ def padded_token(text: str, event_id: int) -> bytes:
     return _PADDED % (event_id, content, _FILLER[:fill])
 
 
-def encode(events: Sequence[Event], first_id: int, padded: bool = False) -> bytes:
-    """Encode ``events`` whose first has id ``first_id``, merging runs of tokens."""
-    out: list[bytes] = []
+def merged(events: Sequence[Event], first_id: int) -> Iterator[tuple[int, Event]]:
+    """``events`` (the first has id ``first_id``) with each run of consecutive tokens
+    merged into one: ``(id, event)`` pairs, a merged token with the id of its last token.
+    What every encoder's ``encode`` walks."""
     i, n = 0, len(events)
     while i < n:
         event = events[i]
@@ -62,14 +63,24 @@ def encode(events: Sequence[Event], first_id: int, padded: bool = False) -> byte
             while j < n and type(events[j]) is str:
                 j += 1
             text = event if j - i == 1 else "".join(events[i:j])  # type: ignore[arg-type]
-            if padded:
-                out.append(padded_token(text, first_id + j - 1))
-            else:
-                out.append(_TOKEN % (first_id + j - 1, orjson.dumps(text)))
+            yield first_id + j - 1, text
             i = j
         else:
-            out.append(_OTHER % (first_id + i, orjson.dumps(to_wire(event))))
+            yield first_id + i, event
             i += 1
+
+
+def encode(events: Sequence[Event], first_id: int, padded: bool = False) -> bytes:
+    """Encode ``events`` whose first has id ``first_id``, merging runs of tokens."""
+    out: list[bytes] = []
+    for event_id, event in merged(events, first_id):
+        if type(event) is str:
+            if padded:
+                out.append(padded_token(event, event_id))
+            else:
+                out.append(_TOKEN % (event_id, orjson.dumps(event)))
+        else:
+            out.append(_OTHER % (event_id, orjson.dumps(to_wire(event))))
     return b"".join(out)
 
 

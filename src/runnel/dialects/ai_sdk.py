@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runnel.errors import InvalidRequest
 from runnel.events import Complete, Error, Event, FinishReason, Status
+from runnel.sse import merged
 from runnel.store.records import Message
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
@@ -146,15 +147,9 @@ class UIMessageEncoder:
 
     def encode(self, events: Sequence[Event], first_id: int) -> bytes:
         out: list[bytes] = []
-        i, n = 0, len(events)
-        while i < n:
-            event = events[i]
+        for event_id, event in merged(events, first_id):
             if type(event) is str:
-                j = i + 1
-                while j < n and type(events[j]) is str:
-                    j += 1
-                out.append(self.token("".join(events[i:j]), first_id + j - 1))  # type: ignore[arg-type]
-                i = j
+                out.append(self.token(event, event_id))
                 continue
             if isinstance(event, Status):
                 self._start(event.message_id, event.model, out)
@@ -165,7 +160,6 @@ class UIMessageEncoder:
                     self._start(event.message_id, "", out)
                 out.append(_chunk({"type": "error", "errorText": event.message}))
                 out.append(DONE)
-            i += 1
         return b"".join(out)
 
     def _metadata(self, **extra: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runnel.broker.base import Notice, StreamMeta
 from runnel.errors import InvalidRequest
 from runnel.events import Event, Status, to_wire
+from runnel.sse import merged
 
 MAX_FOLLOWED = 100  # streams named by one request
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -122,20 +123,12 @@ class StreamEnvelope:
     def encode(self, events: Sequence[Event], first_id: int) -> bytes:
         """``events``, the first of which has id ``first_id``, runs of tokens merged."""
         out: list[bytes] = []
-        i, n = 0, len(events)
-        while i < n:
-            event = events[i]
+        for event_id, event in merged(events, first_id):
             if type(event) is str:
-                j = i + 1
-                while j < n and type(events[j]) is str:
-                    j += 1
-                text = event if j - i == 1 else "".join(events[i:j])  # type: ignore[arg-type]
-                out.append(self._token % (orjson.dumps(text), first_id + j - 1))
-                i = j
+                out.append(self._token % (orjson.dumps(event), event_id))
             else:
                 wire = orjson.dumps(to_wire(event))[:-1]
                 # a status event names its stream and conversation already
                 tail = b',"eventId":' if type(event) is Status else self._tail
-                out.append(b"data: " + wire + tail + b"%d}\n\n" % (first_id + i))
-                i += 1
+                out.append(b"data: " + wire + tail + b"%d}\n\n" % event_id)
         return b"".join(out)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runnel.dialects.openai_common import InvalidParam, error_object, fold_system, text_of
 from runnel.events import Complete, Error, Event, FinishReason, Status
 from runnel.providers.base import ChatMessage
+from runnel.sse import merged
 
 DONE = b"data: [DONE]\n\n"
 FINISH: dict[FinishReason, str] = {
@@ -159,15 +160,9 @@ class ChunkEncoder:
 
     def encode(self, events: Sequence[Event], first_id: int) -> bytes:
         out: list[bytes] = []
-        i, n = 0, len(events)
-        while i < n:
-            event = events[i]
+        for event_id, event in merged(events, first_id):
             if type(event) is str:
-                j = i + 1
-                while j < n and type(events[j]) is str:
-                    j += 1
-                out.append(self.token("".join(events[i:j]), first_id + j - 1))  # type: ignore[arg-type]
-                i = j
+                out.append(self.token(event, event_id))
                 continue
             if isinstance(event, Status):
                 self._frame(event.model)
@@ -183,7 +178,6 @@ class ChunkEncoder:
                 out.append(
                     b"data: " + orjson.dumps(error_object(event.code, event.message)) + b"\n\n"
                 )
-            i += 1
         return b"".join(out)
 
 
