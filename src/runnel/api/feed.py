@@ -301,9 +301,6 @@ class Feeds:
     def discard(self, feed: LiveFeed) -> None:
         self._open.discard(feed)
 
-    def __len__(self) -> int:
-        return len(self._open)
-
     def close_all(self) -> None:
         """The server drains: close every feed, and refuse new ones."""
         self.closing = True
